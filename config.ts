@@ -1,0 +1,70 @@
+/** The server's configuration: one typed object, validated once from the environment at start-up. */
+import { z } from "zod";
+
+const integer = (fallback: number, min = 0) => z.coerce.number().int().min(min).default(fallback);
+const flag = (fallback: boolean) =>
+  z.enum(["1", "0", "true", "false", "on", "off"]).default(fallback ? "on" : "off").transform((v) =>
+    ["1", "true", "on"].includes(v)
+  );
+
+export const EMBEDDED_MODEL_DIR = new URL("./models/tiny-sd-shapes", import.meta.url).pathname;
+
+const schema = z.object({
+  PORT: integer(8000),
+  HOST: z.string().default("0.0.0.0"),
+  MODEL: z.string().optional(),
+  EXECUTION_PROVIDER: z.enum(["cpu", "cuda", "webgpu"]).default("cpu"),
+  BATCHING: flag(true),
+  BATCH_MAX_ROWS: integer(64, 1),
+  BATCH_MAX_WAIT_MS: integer(0),
+  MAX_CONCURRENT_REQUESTS: integer(32, 1),
+  MAX_STEPS: integer(150, 1),
+  MAX_PIXELS: integer(1024 * 1024, 64),
+  MAX_IMAGES: integer(8, 1),
+  MAX_BODY_BYTES: integer(20 * 1024 * 1024, 1024),
+  HF_ENDPOINT: z.string().url().default("https://huggingface.co"),
+  HF_TOKEN: z.string().optional(),
+  HF_HUB_CACHE: z.string().optional(),
+  HF_HOME: z.string().optional(),
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
+  OTEL_SERVICE_NAME: z.string().default("smooth-diffusion-server"),
+});
+
+export interface Config {
+  port: number;
+  host: string;
+  /** Unset: the embedded model. A local directory, or a Hugging Face repo id. */
+  model?: string;
+  executionProvider: "cpu" | "cuda" | "webgpu";
+  batch: { enabled: boolean; maxRows: number; maxWaitMs: number };
+  limits: { maxConcurrentRequests: number; maxSteps: number; maxPixels: number; maxImages: number; maxBodyBytes: number };
+  hub: { endpoint: string; token?: string; cacheDir: string };
+  telemetry: { otlpEndpoint?: string; serviceName: string };
+}
+
+export function loadConfig(env: Record<string, string | undefined> = Deno.env.toObject()): Config {
+  const blank = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ""));
+  const parsed = schema.safeParse(blank);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ");
+    throw new Error(`invalid configuration: ${problems}`);
+  }
+  const e = parsed.data;
+  const home = e.HF_HOME ?? `${env.HOME ?? "."}/.cache/huggingface`;
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    model: e.MODEL,
+    executionProvider: e.EXECUTION_PROVIDER,
+    batch: { enabled: e.BATCHING, maxRows: e.BATCH_MAX_ROWS, maxWaitMs: e.BATCH_MAX_WAIT_MS },
+    limits: {
+      maxConcurrentRequests: e.MAX_CONCURRENT_REQUESTS,
+      maxSteps: e.MAX_STEPS,
+      maxPixels: e.MAX_PIXELS,
+      maxImages: e.MAX_IMAGES,
+      maxBodyBytes: e.MAX_BODY_BYTES,
+    },
+    hub: { endpoint: e.HF_ENDPOINT, token: e.HF_TOKEN, cacheDir: e.HF_HUB_CACHE ?? `${home}/hub` },
+    telemetry: { otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: e.OTEL_SERVICE_NAME },
+  };
+}

@@ -1,0 +1,172 @@
+/**
+ * Continuous batching for one ONNX session. Callers submit row-major feeds (dim 0 = rows) and
+ * await their own rows of the outputs; the batcher gathers every pending call with the same
+ * compatibility key (e.g. the latent size), runs ONE `session.run` over their concatenated rows,
+ * and splits the outputs back. One run is in flight at a time; calls that arrive meanwhile join
+ * the next run. Between runs the batcher yields a macrotask, so every request whose previous call
+ * just resolved has already submitted its next one (its scheduler step is synchronous): requests
+ * at different timesteps, prompts or step counts share each run.
+ */
+import * as ort from "onnxruntime-node";
+import type { Link } from "@opentelemetry/api";
+import { type Span, startSpan } from "../telemetry.ts";
+
+export type Feeds = Record<string, ort.Tensor>;
+type TypedArray = Float32Array | Int32Array | BigInt64Array;
+
+export interface BatchOptions {
+  /** Upper bound on rows per run; a single call larger than this still runs, alone. */
+  maxRows: number;
+  /** How long the oldest pending call may wait for others before a run that is not full starts. */
+  maxWaitMs: number;
+  /** false: one call per run (for benchmarks against no batching). */
+  enabled: boolean;
+}
+
+export interface CallOptions {
+  key?: string;
+  signal?: AbortSignal;
+  /** The request span this call serves: the run's span links to it. */
+  span?: Span;
+  /** A value recorded in the run's span, e.g. the timestep (set of distinct values). */
+  tag?: number;
+}
+
+interface PendingCall extends CallOptions {
+  feeds: Feeds;
+  rows: number;
+  arrived: number;
+  resolve: (outputs: Feeds) => void;
+  reject: (error: unknown) => void;
+}
+
+export interface RunStats {
+  runs: number;
+  rows: number;
+  calls: number;
+}
+
+export type RunFn = (feeds: Feeds) => Promise<Feeds>;
+
+export class Batcher {
+  readonly stats: RunStats = { runs: 0, rows: 0, calls: 0 };
+  #queue: PendingCall[] = [];
+  #running = false;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(readonly name: string, private readonly run: RunFn, private readonly options: BatchOptions) {}
+
+  get pendingCalls(): number {
+    return this.#queue.length;
+  }
+
+  submit(feeds: Feeds, options: CallOptions = {}): Promise<Feeds> {
+    options.signal?.throwIfAborted();
+    const rows = Object.values(feeds)[0].dims[0];
+    return new Promise<Feeds>((resolve, reject) => {
+      this.#queue.push({ ...options, feeds, rows, arrived: performance.now(), resolve, reject });
+      this.#schedule(0);
+    });
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#running || this.#timer !== undefined) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#pump();
+    }, delayMs);
+  }
+
+  #dropAborted(): void {
+    this.#queue = this.#queue.filter((call) => {
+      if (!call.signal?.aborted) return true;
+      call.reject(call.signal.reason ?? new DOMException("aborted", "AbortError"));
+      return false;
+    });
+  }
+
+  #takeBatch(): PendingCall[] {
+    const key = this.#queue[0].key;
+    const batch: PendingCall[] = [];
+    let rows = 0;
+    for (const call of this.#queue) {
+      if (call.key !== key) continue;
+      if (batch.length > 0 && (rows + call.rows > this.options.maxRows || !this.options.enabled)) break;
+      batch.push(call);
+      rows += call.rows;
+    }
+    this.#queue = this.#queue.filter((call) => !batch.includes(call));
+    return batch;
+  }
+
+  #pump(): void {
+    this.#dropAborted();
+    if (this.#running || this.#queue.length === 0) return;
+    const sameKeyRows = this.#queue.filter((c) => c.key === this.#queue[0].key).reduce((n, c) => n + c.rows, 0);
+    const waited = performance.now() - this.#queue[0].arrived;
+    if (this.options.enabled && sameKeyRows < this.options.maxRows && waited < this.options.maxWaitMs) {
+      this.#schedule(this.options.maxWaitMs - waited);
+      return;
+    }
+    const batch = this.#takeBatch();
+    this.#running = true;
+    this.#execute(batch).finally(() => {
+      this.#running = false;
+      this.#schedule(0);
+    });
+  }
+
+  async #execute(batch: PendingCall[]): Promise<void> {
+    const rows = batch.reduce((n, c) => n + c.rows, 0);
+    const tags = [...new Set(batch.map((c) => c.tag).filter((t) => t !== undefined))];
+    const links: Link[] = batch.filter((c) => c.span).map((c) => ({ context: c.span!.spanContext() }));
+    const span = startSpan(`${this.name}.run`, undefined, {
+      "batch.rows": rows,
+      "batch.requests": batch.length,
+      ...(tags.length ? { "batch.timesteps": tags.join(",") } : {}),
+    }, links);
+    try {
+      const outputs = await this.run(batch.length === 1 ? batch[0].feeds : concatFeeds(batch.map((c) => c.feeds)));
+      this.stats.runs++;
+      this.stats.rows += rows;
+      this.stats.calls += batch.length;
+      let offset = 0;
+      for (const call of batch) {
+        call.resolve(batch.length === 1 ? outputs : sliceFeeds(outputs, offset, call.rows, rows));
+        offset += call.rows;
+      }
+    } catch (error) {
+      for (const call of batch) call.reject(error);
+    } finally {
+      span.end();
+    }
+  }
+}
+
+function concatFeeds(all: Feeds[]): Feeds {
+  const out: Feeds = {};
+  for (const name of Object.keys(all[0])) {
+    const parts = all.map((f) => f[name]);
+    const first = parts[0];
+    const length = parts.reduce((n, t) => n + t.data.length, 0);
+    const data = new (first.data.constructor as { new (n: number): TypedArray })(length);
+    let offset = 0;
+    for (const t of parts) {
+      data.set(t.data as any, offset);
+      offset += t.data.length;
+    }
+    const rows = parts.reduce((n, t) => n + t.dims[0], 0);
+    out[name] = new ort.Tensor(first.type, data, [rows, ...first.dims.slice(1)]);
+  }
+  return out;
+}
+
+function sliceFeeds(outputs: Feeds, start: number, count: number, totalRows: number): Feeds {
+  const out: Feeds = {};
+  for (const [name, t] of Object.entries(outputs)) {
+    const rowSize = t.data.length / totalRows;
+    const data = (t.data as TypedArray).slice(start * rowSize, (start + count) * rowSize);
+    out[name] = new ort.Tensor(t.type, data, [count, ...t.dims.slice(1)]);
+  }
+  return out;
+}

@@ -1,0 +1,152 @@
+/**
+ * Text-to-image, written as the sequential loop a paper would print. Every model call goes
+ * through the model's batchers, so concurrent requests share runs without this code knowing.
+ */
+import type { DiffusionModel } from "./model.ts";
+import { createScheduler, type SchedulerName } from "./scheduler.ts";
+import { gaussianNoise } from "./rng.ts";
+import { pixelsToRgb, type RgbImage } from "./image.ts";
+import { inSpan, type Span } from "../telemetry.ts";
+
+export interface TaskContext {
+  signal?: AbortSignal;
+  span?: Span;
+  onProgress?: (step: number, total: number) => void;
+}
+
+export interface GenerateParams {
+  prompt: string;
+  negativePrompt: string;
+  width: number;
+  height: number;
+  steps: number;
+  guidanceScale: number;
+  seed: number;
+  scheduler: SchedulerName;
+  numImages: number;
+}
+
+export interface Timings {
+  [stage: string]: number;
+}
+
+export interface GenerateResult {
+  images: { image: RgbImage; seed: number }[];
+  timings: Timings;
+}
+
+export interface LatentShape {
+  rows: number;
+  height: number;
+  width: number;
+}
+
+/** Image i of a request uses seed + i, so any one image can be reproduced alone. */
+export function imageSeeds(seed: number, count: number): number[] {
+  return Array.from({ length: count }, (_, i) => (seed + i) >>> 0);
+}
+
+export function initialNoise(model: DiffusionModel, seeds: number[], height: number, width: number): Float32Array {
+  const size = model.info.latentChannels * height * width;
+  const out = new Float32Array(seeds.length * size);
+  seeds.forEach((seed, i) => out.set(gaussianNoise(seed, size), i * size));
+  return out;
+}
+
+function repeatRows(rows: Float32Array, times: number): Float32Array {
+  const out = new Float32Array(rows.length * times);
+  for (let i = 0; i < times; i++) out.set(rows, i * rows.length);
+  return out;
+}
+
+function concat(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+export interface DenoiseParams {
+  /** x_T for `shape.rows` images. */
+  latents: Float32Array;
+  shape: LatentShape;
+  steps: number;
+  scheduler: SchedulerName;
+  guidanceScale: number;
+  /** Text embeddings per image ([rows, 77, hidden]) for each step index: lets editing switch prompts. */
+  conditioning: (stepIndex: number) => { cond: Float32Array; uncond: Float32Array };
+}
+
+/**
+ * The denoising loop with classifier-free guidance: eps = eps_u + w (eps_c - eps_u). The
+ * unconditional and conditional rows of a request travel in one UNet call.
+ */
+export async function denoise(model: DiffusionModel, params: DenoiseParams, ctx: TaskContext): Promise<Float32Array> {
+  const { shape, guidanceScale } = params;
+  const scheduler = createScheduler(params.scheduler, model.schedule, params.steps);
+  const guided = guidanceScale !== 1;
+  let latents: Float32Array = params.latents.map((v) => v * scheduler.initNoiseSigma);
+  const total = scheduler.timesteps.length;
+  for (let i = 0; i < total; i++) {
+    ctx.signal?.throwIfAborted();
+    const t = scheduler.timesteps[i];
+    const { cond, uncond } = params.conditioning(i);
+    const input = scheduler.scaleModelInput(latents, i);
+    const rows = guided ? 2 * shape.rows : shape.rows;
+    const eps = await model.predictNoise(
+      guided ? concat(input, input) : input,
+      { ...shape, rows },
+      t,
+      guided ? concat(uncond, cond) : cond,
+      { signal: ctx.signal, span: ctx.span },
+    );
+    let guidedEps = eps;
+    if (guided) {
+      const half = latents.length;
+      guidedEps = new Float32Array(half);
+      for (let j = 0; j < half; j++) guidedEps[j] = eps[j] + guidanceScale * (eps[half + j] - eps[j]);
+    }
+    latents = scheduler.step(latents, guidedEps, i);
+    ctx.onProgress?.(i + 1, total);
+  }
+  return latents;
+}
+
+export async function decodeToImages(model: DiffusionModel, latents: Float32Array, shape: LatentShape, ctx: TaskContext): Promise<RgbImage[]> {
+  const pixels = await inSpan("vae.decode", ctx.span, () => model.decodeLatents(latents, shape, { signal: ctx.signal, span: ctx.span }));
+  const width = shape.width * 8, height = shape.height * 8;
+  return Array.from({ length: shape.rows }, (_, i) => pixelsToRgb(pixels, i, width, height));
+}
+
+async function timed<T>(timings: Timings, stage: string, fn: () => Promise<T>): Promise<T> {
+  const start = performance.now();
+  try {
+    return await fn();
+  } finally {
+    timings[stage] = Math.round((performance.now() - start) * 10) / 10;
+  }
+}
+
+export async function generate(model: DiffusionModel, params: GenerateParams, ctx: TaskContext): Promise<GenerateResult> {
+  const timings: Timings = {};
+  const shape: LatentShape = { rows: params.numImages, height: params.height / 8, width: params.width / 8 };
+  const seeds = imageSeeds(params.seed, params.numImages);
+  const [cond, uncond] = await timed(timings, "text_encode_ms", () =>
+    inSpan("text_encode", ctx.span, async () => {
+      const both = await model.encodeText([params.prompt, params.negativePrompt], { signal: ctx.signal, span: ctx.span });
+      const half = both.length / 2;
+      return [repeatRows(both.subarray(0, half), params.numImages), repeatRows(both.subarray(half), params.numImages)];
+    }));
+  const latents = await timed(timings, "denoise_ms", () =>
+    inSpan("denoise", ctx.span, () =>
+      denoise(model, {
+        latents: initialNoise(model, seeds, shape.height, shape.width),
+        shape,
+        steps: params.steps,
+        scheduler: params.scheduler,
+        guidanceScale: params.guidanceScale,
+        conditioning: () => ({ cond, uncond }),
+      }, ctx), { steps: params.steps, scheduler: params.scheduler }));
+  const images = await timed(timings, "decode_ms", () => decodeToImages(model, latents, shape, ctx));
+  return { images: images.map((image, i) => ({ image, seed: seeds[i] })), timings };
+}

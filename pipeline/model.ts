@@ -1,0 +1,194 @@
+/**
+ * A diffusion model in the common SD ONNX layout (model_index.json, text_encoder/, unet/,
+ * vae_encoder/, vae_decoder/, tokenizer/, scheduler/), with one batcher per session. Its shape
+ * facts (latent channels, hidden size, timestep type) come from the sessions' metadata, and the
+ * native size and latent scale from the component configs where present.
+ */
+import * as ort from "onnxruntime-node";
+import { Batcher, type BatchOptions, type CallOptions, type Feeds } from "./batcher.ts";
+import { ClipTokenizer } from "./tokenizer.ts";
+import type { ScheduleConfig } from "./scheduler.ts";
+
+export const VAE_FACTOR = 8;
+
+export interface ModelInfo {
+  name: string;
+  directory: string;
+  nativeWidth: number;
+  nativeHeight: number;
+  latentChannels: number;
+  hiddenSize: number;
+  scalingFactor: number;
+  /** false for exports whose UNet takes one scalar timestep: then only equal timesteps share a run. */
+  perRowTimestep: boolean;
+  canEncodeImages: boolean;
+}
+
+export interface ModelOptions {
+  batch: BatchOptions;
+  executionProviders: string[];
+}
+
+async function readJson(path: string): Promise<any | undefined> {
+  try {
+    return JSON.parse(await Deno.readTextFile(path));
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function dimOf(session: ort.InferenceSession, input: string, axis: number): number | undefined {
+  const meta = session.inputMetadata.find((m) => m.name === input);
+  const dim = meta && meta.isTensor ? meta.shape[axis] : undefined;
+  return typeof dim === "number" ? dim : undefined;
+}
+
+function typeOf(session: ort.InferenceSession, input: string): string {
+  const meta = session.inputMetadata.find((m) => m.name === input);
+  return meta && meta.isTensor ? meta.type : "float32";
+}
+
+export class DiffusionModel {
+  private constructor(
+    readonly info: ModelInfo,
+    readonly tokenizer: ClipTokenizer,
+    readonly schedule: ScheduleConfig,
+    readonly sessions: Record<"textEncoder" | "unet" | "vaeDecoder", ort.InferenceSession> & {
+      vaeEncoder?: ort.InferenceSession;
+    },
+    readonly batchers: Record<"textEncoder" | "unet" | "vaeDecoder", Batcher> & { vaeEncoder?: Batcher },
+  ) {}
+
+  static async load(directory: string, name: string, options: ModelOptions): Promise<DiffusionModel> {
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      executionProviders: options.executionProviders,
+      graphOptimizationLevel: "all",
+    };
+    const open = (part: string) => ort.InferenceSession.create(`${directory}/${part}/model.onnx`, sessionOptions);
+    const hasEncoder = await exists(`${directory}/vae_encoder/model.onnx`);
+    const [textEncoder, unet, vaeDecoder, vaeEncoder] = await Promise.all([
+      open("text_encoder"),
+      open("unet"),
+      open("vae_decoder"),
+      hasEncoder ? open("vae_encoder") : Promise.resolve(undefined),
+    ]);
+    const schedule: ScheduleConfig = (await readJson(`${directory}/scheduler/scheduler_config.json`)) ?? {
+      num_train_timesteps: 1000,
+      beta_start: 0.00085,
+      beta_end: 0.012,
+      beta_schedule: "scaled_linear",
+      steps_offset: 1,
+    };
+    const unetConfig = (await readJson(`${directory}/unet/config.json`)) ?? {};
+    const vaeConfig = (await readJson(`${directory}/vae_decoder/config.json`)) ?? {};
+    const sampleSize = unetConfig.sample_size ?? dimOf(unet, "sample", 2) ?? 64;
+    const timestepMeta = unet.inputMetadata.find((m) => m.name === "timestep");
+    const info: ModelInfo = {
+      name,
+      directory,
+      nativeWidth: sampleSize * VAE_FACTOR,
+      nativeHeight: sampleSize * VAE_FACTOR,
+      latentChannels: dimOf(unet, "sample", 1) ?? unetConfig.in_channels ?? 4,
+      hiddenSize: dimOf(unet, "encoder_hidden_states", 2) ?? unetConfig.cross_attention_dim ?? 768,
+      scalingFactor: vaeConfig.scaling_factor ?? 0.18215,
+      perRowTimestep: !!timestepMeta?.isTensor && timestepMeta.shape.length === 1,
+      canEncodeImages: vaeEncoder !== undefined,
+    };
+    const runner = (s: ort.InferenceSession) => (feeds: Feeds) => s.run(feeds) as Promise<Feeds>;
+    const batchers = {
+      textEncoder: new Batcher("text_encoder", runner(textEncoder), options.batch),
+      unet: new Batcher("unet", runner(unet), options.batch),
+      vaeDecoder: new Batcher("vae_decoder", runner(vaeDecoder), options.batch),
+      vaeEncoder: vaeEncoder && new Batcher("vae_encoder", runner(vaeEncoder), options.batch),
+    };
+    const tokenizer = await ClipTokenizer.load(`${directory}/tokenizer`);
+    return new DiffusionModel(info, tokenizer, schedule, { textEncoder, unet, vaeDecoder, vaeEncoder }, batchers);
+  }
+
+  /** Text embeddings [n, 77, hidden] for n prompts, flattened. */
+  async encodeText(prompts: string[], options: CallOptions = {}): Promise<Float32Array> {
+    const ids = prompts.map((p) => this.tokenizer.tokenize(p));
+    const length = ids[0].length;
+    const flat = new Int32Array(prompts.length * length);
+    ids.forEach((row, i) => flat.set(row, i * length));
+    const input = typeOf(this.sessions.textEncoder, "input_ids") === "int64"
+      ? new ort.Tensor("int64", BigInt64Array.from(flat, BigInt), [prompts.length, length])
+      : new ort.Tensor("int32", flat, [prompts.length, length]);
+    const out = await this.batchers.textEncoder.submit({ input_ids: input }, options);
+    return out[this.sessions.textEncoder.outputNames[0]].data as Float32Array;
+  }
+
+  /**
+   * The UNet's noise prediction for `rows` latents [rows, C, h, w] at one timestep, with their
+   * text embeddings [rows, 77, hidden].
+   */
+  async predictNoise(
+    latents: Float32Array,
+    shape: { rows: number; height: number; width: number },
+    timestep: number,
+    embeddings: Float32Array,
+    options: CallOptions = {},
+  ): Promise<Float32Array> {
+    const { rows, height, width } = shape;
+    const c = this.info.latentChannels;
+    const timestepType = typeOf(this.sessions.unet, "timestep");
+    const tRows = this.info.perRowTimestep ? rows : 1;
+    const tDims = this.info.perRowTimestep ? [rows] : [1];
+    const t = timestepType === "int64"
+      ? new ort.Tensor("int64", new BigInt64Array(tRows).fill(BigInt(timestep)), tDims)
+      : new ort.Tensor("float32", new Float32Array(tRows).fill(timestep), tDims);
+    const feeds: Feeds = {
+      sample: new ort.Tensor("float32", latents, [rows, c, height, width]),
+      timestep: t,
+      encoder_hidden_states: new ort.Tensor("float32", embeddings, [rows, embeddings.length / rows / this.info.hiddenSize, this.info.hiddenSize]),
+    };
+    const key = this.info.perRowTimestep ? `${height}x${width}` : `${height}x${width}@${timestep}`;
+    const out = await this.batchers.unet.submit(feeds, { ...options, key, tag: timestep });
+    return out[this.sessions.unet.outputNames[0]].data as Float32Array;
+  }
+
+  /** Scaled latents [n, C, h, w] -> images [n, 3, 8h, 8w] in [-1, 1]. */
+  async decodeLatents(latents: Float32Array, shape: { rows: number; height: number; width: number }, options: CallOptions = {}): Promise<Float32Array> {
+    const { rows, height, width } = shape;
+    const unscaled = latents.map((v) => v / this.info.scalingFactor);
+    const feeds = { latent_sample: new ort.Tensor("float32", unscaled, [rows, this.info.latentChannels, height, width]) };
+    const out = await this.batchers.vaeDecoder.submit(feeds, { ...options, key: `${height}x${width}` });
+    return out[this.sessions.vaeDecoder.outputNames[0]].data as Float32Array;
+  }
+
+  /** Images [n, 3, H, W] in [-1, 1] -> scaled latent means [n, C, H/8, W/8]. */
+  async encodeImages(pixels: Float32Array, shape: { rows: number; height: number; width: number }, options: CallOptions = {}): Promise<Float32Array> {
+    const encoder = this.sessions.vaeEncoder, batcher = this.batchers.vaeEncoder;
+    if (!encoder || !batcher) throw new Error("this model has no VAE encoder");
+    const { rows, height, width } = shape;
+    const feeds = { sample: new ort.Tensor("float32", pixels, [rows, 3, height, width]) };
+    const out = await batcher.submit(feeds, { ...options, key: `${height}x${width}` });
+    const params = out[encoder.outputNames[0]];
+    const c = this.info.latentChannels;
+    const perRow = params.data.length / rows;
+    const latentSize = (height / VAE_FACTOR) * (width / VAE_FACTOR) * c;
+    // `latent_parameters` carries mean then log-variance per row; `latent_sample` is the latent itself.
+    const result = new Float32Array(rows * latentSize);
+    for (let r = 0; r < rows; r++) {
+      const mean = (params.data as Float32Array).subarray(r * perRow, r * perRow + latentSize);
+      for (let i = 0; i < latentSize; i++) result[r * latentSize + i] = mean[i] * this.info.scalingFactor;
+    }
+    return result;
+  }
+
+  async release(): Promise<void> {
+    await Promise.all(
+      Object.values(this.sessions).filter((s): s is ort.InferenceSession => !!s).map((s) => s.release()),
+    );
+  }
+}

@@ -1,0 +1,111 @@
+/** The HTTP API: routing, validation, error mapping. Work is delegated to pipeline tasks. */
+import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import type { z } from "zod";
+import { ApiError, errorBody, errorResponse, fromZodError } from "./errors.ts";
+import { Admission } from "./admission.ts";
+import { generateRequestSchema } from "./schemas.ts";
+import { handleGenerate } from "./generate.ts";
+import { apiReferenceHtml, openApiDocument } from "./openapi.ts";
+import type { DiffusionModel } from "../pipeline/model.ts";
+import type { Config } from "../config.ts";
+import { inSpan, type Span, startSpan } from "../telemetry.ts";
+import { SpanStatusCode } from "@opentelemetry/api";
+
+type Env = { Variables: { span: Span } };
+
+export interface AppServices {
+  model: DiffusionModel;
+  config: Config;
+  /** Readiness: false while the server drains. */
+  ready: () => boolean;
+}
+
+async function readJson(c: { req: { json: () => Promise<unknown> } }): Promise<unknown> {
+  try {
+    return await c.req.json();
+  } catch {
+    throw new ApiError(400, "invalid_json", "the request body is not valid JSON");
+  }
+}
+
+function validate<S extends z.ZodType>(schema: S, body: unknown, span: Span): Promise<z.infer<S>> {
+  return inSpan("validate", span, () => {
+    const parsed = schema.safeParse(body);
+    if (!parsed.success) throw fromZodError(parsed.error);
+    return parsed.data;
+  });
+}
+
+export function createApp(services: AppServices): { app: Hono<Env>; admission: Admission } {
+  const { model, config } = services;
+  const admission = new Admission(config.limits.maxConcurrentRequests);
+  const native = { width: model.info.nativeWidth, height: model.info.nativeHeight };
+  const schemas = { generate: generateRequestSchema(config.limits, native) };
+  const app = new Hono<Env>();
+
+  app.use("*", async (c, next) => {
+    const span = startSpan(`${c.req.method} ${c.req.path}`, undefined, {
+      "http.request.method": c.req.method,
+      "url.path": c.req.path,
+    });
+    c.set("span", span);
+    try {
+      await next();
+    } finally {
+      span.setAttribute("http.response.status_code", c.res.status);
+      if (c.res.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.end();
+    }
+  });
+  app.use("*", bodyLimit({
+    maxSize: config.limits.maxBodyBytes,
+    onError: (c) => c.json(errorBody("payload_too_large", `the body exceeds ${config.limits.maxBodyBytes} bytes`, "body"), 413),
+  }));
+
+  app.onError((error, c) => {
+    if (error instanceof ApiError) return errorResponse(c, error);
+    if (c.req.raw.signal.aborted) return c.json(errorBody("client_closed", "the client went away"), 499 as 400);
+    console.error(error);
+    return c.json(errorBody("internal", "internal error"), 500);
+  });
+  app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
+
+  app.post("/generate", async (c) => {
+    const body = await validate(schemas.generate, await readJson(c), c.var.span);
+    return handleGenerate(c, model, body, c.var.span, admission);
+  });
+
+  const health = (c: any) => {
+    const ready = services.ready();
+    return c.json({ status: ready ? "ok" : "draining", live: true, ready, in_flight: admission.active }, ready ? 200 : 503);
+  };
+  app.get("/health", health);
+  app.get("/health/ready", health);
+  app.get("/health/live", (c) => c.json({ status: "ok", live: true }));
+
+  app.get("/v1/models", (c) =>
+    c.json({
+      data: [{
+        id: model.info.name,
+        object: "model",
+        native_width: model.info.nativeWidth,
+        native_height: model.info.nativeHeight,
+        latent_channels: model.info.latentChannels,
+        execution_provider: config.executionProvider,
+        capabilities: {
+          generate: true,
+          image_input: model.info.canEncodeImages,
+          per_row_timestep: model.info.perRowTimestep,
+          schedulers: ["ddim", "euler"],
+        },
+        adapters: [],
+      }],
+    }));
+
+  const openapi = openApiDocument(schemas);
+  app.get("/openapi.json", (c) => c.json(openapi));
+  app.get("/docs", (c) => c.html(apiReferenceHtml(openapi)));
+
+  return { app, admission };
+}

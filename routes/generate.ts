@@ -1,0 +1,97 @@
+/** POST /generate: JSON in; JSON, a raw image, or server-sent progress events out. */
+import type { Context } from "hono";
+import { streamSSE } from "hono/streaming";
+import { encodeBase64 } from "./base64.ts";
+import { ApiError, errorBody } from "./errors.ts";
+import type { Admission } from "./admission.ts";
+import type { GenerateRequest } from "./schemas.ts";
+import { generate, type GenerateResult } from "../pipeline/generate.ts";
+import { encodeImage, MIME_TYPES, type OutputFormat } from "../pipeline/image.ts";
+import { randomSeed } from "../pipeline/rng.ts";
+import type { DiffusionModel } from "../pipeline/model.ts";
+import { inSpan, type Span } from "../telemetry.ts";
+
+type Reply = "json" | "sse" | OutputFormat;
+
+export function negotiate(accept: string | undefined, numImages: number): Reply {
+  const types = (accept ?? "").split(",").map((part) => part.split(";")[0].trim().toLowerCase());
+  if (types.includes("text/event-stream")) return "sse";
+  const raw = (Object.entries(MIME_TYPES) as [OutputFormat, string][]).find(([, mime]) => types.includes(mime));
+  if (!raw || types.includes("application/json")) return "json";
+  if (numImages !== 1) {
+    throw new ApiError(406, "not_acceptable", "a raw image reply carries one image: set num_images to 1 or accept application/json", "num_images");
+  }
+  return raw[0];
+}
+
+export async function encodeImages(result: GenerateResult, format: OutputFormat, span?: Span) {
+  return await inSpan("image.encode", span, () =>
+    Promise.all(result.images.map(async ({ image, seed }) => ({
+      bytes: await encodeImage(image, format),
+      seed,
+      width: image.width,
+      height: image.height,
+    }))), { format, images: result.images.length });
+}
+
+export async function handleGenerate(c: Context, model: DiffusionModel, body: GenerateRequest, span: Span, admission: Admission) {
+  const reply = negotiate(c.req.header("accept"), body.num_images);
+  const release = admission.acquire();
+  const seed = body.seed ?? randomSeed();
+  const params = {
+    prompt: body.prompt,
+    negativePrompt: body.negative_prompt,
+    width: body.width,
+    height: body.height,
+    steps: body.steps,
+    guidanceScale: body.guidance_scale,
+    seed,
+    scheduler: body.scheduler,
+    numImages: body.num_images,
+  };
+  const parameters = { ...body, seed };
+  const signal = c.req.raw.signal;
+  const format = reply === "json" || reply === "sse" ? body.output_format : reply;
+
+  const run = async (onProgress?: (step: number, total: number) => void) => {
+    const started = performance.now();
+    const result = await generate(model, params, { signal, span, onProgress });
+    const encodeStart = performance.now();
+    const encoded = await encodeImages(result, format, span);
+    result.timings.image_encode_ms = Math.round((performance.now() - encodeStart) * 10) / 10;
+    result.timings.total_ms = Math.round((performance.now() - started) * 10) / 10;
+    return { encoded, timings: result.timings };
+  };
+  const jsonBody = ({ encoded, timings }: Awaited<ReturnType<typeof run>>) => ({
+    images: encoded.map((e) => ({ data: encodeBase64(e.bytes), seed: e.seed, format, width: e.width, height: e.height })),
+    parameters: { ...parameters, output_format: format },
+    timings,
+  });
+
+  if (reply === "sse") {
+    return streamSSE(c, async (stream) => {
+      try {
+        let writes = Promise.resolve();
+        const outcome = await run((step, total) => {
+          writes = writes.then(() => stream.writeSSE({ event: "progress", data: JSON.stringify({ step, total }) }));
+        });
+        await writes;
+        await stream.writeSSE({ event: "result", data: JSON.stringify(jsonBody(outcome)) });
+      } catch (error) {
+        if (!signal.aborted) {
+          await stream.writeSSE({ event: "error", data: JSON.stringify(errorBody("internal", String(error))) });
+        }
+      } finally {
+        release();
+      }
+    });
+  }
+  try {
+    const outcome = await run();
+    if (reply === "json") return c.json(jsonBody(outcome));
+    c.header("X-Seed", String(outcome.encoded[0].seed));
+    return c.body(outcome.encoded[0].bytes as Uint8Array<ArrayBuffer>, 200, { "Content-Type": MIME_TYPES[reply] });
+  } finally {
+    release();
+  }
+}

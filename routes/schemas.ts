@@ -1,0 +1,65 @@
+/** Request and response schemas (zod): the validators and the source of /openapi.json. */
+import { z } from "zod";
+import { SCHEDULER_NAMES } from "../pipeline/scheduler.ts";
+import { OUTPUT_FORMATS } from "../pipeline/image.ts";
+import { MAX_SEED } from "../pipeline/rng.ts";
+
+export interface Limits {
+  maxSteps: number;
+  maxPixels: number;
+  maxImages: number;
+}
+
+const side = z.number().int().min(8).max(4096).multipleOf(8, { message: "must be a multiple of 8" });
+
+export interface NativeSize {
+  width: number;
+  height: number;
+}
+
+export function generateRequestSchema(limits: Limits, native: NativeSize) {
+  return z.object({
+    prompt: z.string().min(1).max(4000).describe("What to draw."),
+    negative_prompt: z.string().max(4000).default("").describe("Used as the unconditional prompt of guidance."),
+    width: side.default(native.width).describe("Pixels, a multiple of 8; default: the model's native width."),
+    height: side.default(native.height).describe("Pixels, a multiple of 8; default: the model's native height."),
+    steps: z.number().int().min(1).max(limits.maxSteps).default(50),
+    guidance_scale: z.number().min(0).max(50).default(7.5).describe("Classifier-free guidance weight; 1 disables it."),
+    seed: z.number().int().min(0).max(MAX_SEED).optional().describe("uint32; random when absent, always returned."),
+    scheduler: z.enum(SCHEDULER_NAMES).default("ddim"),
+    num_images: z.number().int().min(1).max(limits.maxImages).default(1),
+    output_format: z.enum(OUTPUT_FORMATS).default("png"),
+  }).strict().superRefine((body, ctx) => {
+    const pixels = body.width * body.height * body.num_images;
+    if (pixels > limits.maxPixels) {
+      ctx.addIssue({
+        code: "too_big",
+        origin: "number",
+        maximum: limits.maxPixels,
+        inclusive: true,
+        path: [body.width >= body.height ? "width" : "height"],
+        message: `width x height x num_images is ${pixels} pixels; the limit is ${limits.maxPixels}`,
+      });
+    }
+  });
+}
+
+export type GenerateRequest = z.infer<ReturnType<typeof generateRequestSchema>>;
+
+export const imageResultSchema = z.object({
+  data: z.string().describe("base64 of the encoded image"),
+  seed: z.number().int(),
+  format: z.enum(OUTPUT_FORMATS),
+  width: z.number().int(),
+  height: z.number().int(),
+});
+
+export const generateResponseSchema = z.object({
+  images: z.array(imageResultSchema),
+  parameters: z.record(z.string(), z.unknown()),
+  timings: z.record(z.string(), z.number()).describe("milliseconds per stage"),
+});
+
+export const errorSchema = z.object({
+  error: z.object({ code: z.string(), message: z.string(), field: z.string().optional() }),
+});

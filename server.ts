@@ -1,0 +1,41 @@
+/** Builds the running server from a configuration: model, app, HTTP listener, telemetry. */
+import { createApp } from "./routes/app.ts";
+import { DiffusionModel } from "./pipeline/model.ts";
+import { resolveModel } from "./pipeline/model_source.ts";
+import { setupTelemetry } from "./telemetry.ts";
+import type { Config } from "./config.ts";
+
+export interface RunningServer {
+  url: string;
+  model: DiffusionModel;
+  close(): Promise<void>;
+}
+
+export async function startServer(config: Config, options: { quiet?: boolean } = {}): Promise<RunningServer> {
+  const stopTelemetry = setupTelemetry(config.telemetry);
+  const location = await resolveModel(config.model, config.hub);
+  const model = await DiffusionModel.load(location.directory, location.name, {
+    batch: config.batch,
+    executionProviders: [config.executionProvider],
+  });
+  let draining = false;
+  const { app } = createApp({ model, config, ready: () => !draining });
+  const server = Deno.serve({
+    port: config.port,
+    hostname: config.host,
+    onListen: ({ hostname, port }) => {
+      if (!options.quiet) console.log(`serving ${location.name} on http://${hostname}:${port}`);
+    },
+  }, app.fetch);
+  const { hostname, port } = server.addr as Deno.NetAddr;
+  return {
+    url: `http://${hostname === "0.0.0.0" ? "127.0.0.1" : hostname}:${port}`,
+    model,
+    async close() {
+      draining = true;
+      await server.shutdown();
+      await model.release();
+      await stopTelemetry();
+    },
+  };
+}
