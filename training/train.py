@@ -24,7 +24,7 @@ from nets import AutoencoderKL, TextEncoder, UNet2DConditionModel
 from schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod
 
 HERE = Path(__file__).resolve().parent
-TOKENIZER_DIR = HERE / "tokenizer"
+TOKENIZER_DIR = HERE.parent / "models" / "tiny-sd-shapes" / "tokenizer"
 EMPTY_CAPTION_RATE = 0.1
 
 
