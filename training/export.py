@@ -112,9 +112,10 @@ def export(work: Path, out: Path, parity: Path | None) -> dict:
                  {"latent_sample": {0: "batch", 2: "height", 3: "width"}, "sample": {0: "batch", 2: "height", 3: "width"}})
 
     tok_out = out / "tokenizer"
-    tok_out.mkdir(parents=True, exist_ok=True)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        shutil.copyfile(TOKENIZER_DIR / name, tok_out / name)
+    if tok_out.resolve() != TOKENIZER_DIR.resolve():
+        tok_out.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+            shutil.copyfile(TOKENIZER_DIR / name, tok_out / name)
     write_json(out / "scheduler/scheduler_config.json", SCHEDULER_CONFIG)
     write_json(out / "unet/config.json", {"_class_name": "UNet2DConditionModel", **UNET_CONFIG})
     vae_config = {"_class_name": "AutoencoderKL", **VAE_CONFIG, "scaling_factor": scaling_factor}
