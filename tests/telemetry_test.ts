@@ -1,0 +1,81 @@
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { MODEL_DIR, post } from "./helpers.ts";
+
+interface OtlpSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  attributes?: { key: string; value: Record<string, unknown> }[];
+  links?: { traceId: string; spanId: string }[];
+}
+
+/** A loopback OTLP/HTTP (JSON) receiver that keeps every span it is sent. */
+function startReceiver() {
+  const spans: OtlpSpan[] = [];
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, async (req) => {
+    if (req.method === "POST" && new URL(req.url).pathname === "/v1/traces") {
+      const body = await req.json();
+      for (const rs of body.resourceSpans ?? []) {
+        for (const ss of rs.scopeSpans ?? []) spans.push(...ss.spans);
+      }
+      return Response.json({});
+    }
+    return new Response("not found", { status: 404 });
+  });
+  return { spans, url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`, close: () => server.shutdown() };
+}
+
+const attr = (span: OtlpSpan, key: string) => {
+  const value = span.attributes?.find((a) => a.key === key)?.value;
+  return value ? Object.values(value)[0] : undefined;
+};
+
+Deno.test("telemetry: one /generate exports its span tree over OTLP to a loopback receiver", async () => {
+  const receiver = startReceiver();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--unstable-no-legacy-abort", new URL("../main.ts", import.meta.url).pathname],
+    env: { PORT: "0", HOST: "127.0.0.1", MODEL: MODEL_DIR, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SERVICE_NAME: "telemetry-test" },
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  try {
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let banner = "";
+    while (!/http:\/\/\S+:\d+/.test(banner)) banner += (await reader.read()).value ?? "";
+    const url = banner.match(/http:\/\/\S+:\d+/)![0];
+    const res = await post(`${url}/generate`, { prompt: "a small red circle on a blue background", steps: 4, seed: 1 });
+    assertEquals(res.status, 200);
+    await res.body?.cancel();
+
+    const deadline = Date.now() + 10_000;
+    let root: OtlpSpan | undefined;
+    while (Date.now() < deadline) {
+      root = receiver.spans.find((s) => s.name === "POST /generate");
+      if (root && receiver.spans.filter((s) => s.name === "unet.run").length >= 4) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert(root, "the request span arrived");
+    assertEquals(root.parentSpanId ?? "", "");
+    assertEquals(attr(root, "http.response.status_code"), 200);
+    const children = receiver.spans.filter((s) => s.parentSpanId === root!.spanId).map((s) => s.name).sort();
+    assertEquals(children, ["denoise", "image.encode", "text_encode", "vae.decode", "validate"]);
+
+    const runs = receiver.spans.filter((s) => s.name === "unet.run");
+    assertEquals(runs.length, 4);
+    for (const run of runs) {
+      assertEquals(run.links?.map((l) => l.spanId), [root.spanId]);
+      assertEquals(Number(attr(run, "batch.rows")), 2);
+      assertEquals(Number(attr(run, "batch.requests")), 1);
+    }
+    assertEquals(runs.map((r) => attr(r, "batch.timesteps")).sort(), ["1", "251", "501", "751"]);
+    for (const name of ["text_encoder.run", "vae_decoder.run"]) {
+      const run = receiver.spans.find((s) => s.name === name);
+      assertEquals(run?.links?.[0].spanId, root.spanId, name);
+    }
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await receiver.close();
+  }
+});
