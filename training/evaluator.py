@@ -84,9 +84,21 @@ def accuracy(readings: list[Reading], expected: list[Attributes]) -> dict[str, f
     return {name: sum(s[name] for s in scores) / len(scores) for name in (*ATTRIBUTE_NAMES, "all")}
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`evaluator.py IMAGE [CAPTION]` reads one image; `evaluator.py --pairs PAIRS.json --images DIR`
+    scores DIR/<i>.png against caption i of a [[caption, seed], ...] list and prints the accuracy."""
+    if sys.argv[1] == "--pairs":
+        pairs = json.loads(Path(sys.argv[2]).read_text())
+        images = Path(sys.argv[4])
+        readings = [read_image(images / f"{i}.png") for i in range(len(pairs))]
+        print(json.dumps(accuracy(readings, [Attributes.parse(caption) for caption, _ in pairs])))
+        return
     reading = read_image(Path(sys.argv[1]))
     out = asdict(reading)
     if len(sys.argv) > 2:
         out["score"] = score(reading, Attributes.parse(sys.argv[2]))
     print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

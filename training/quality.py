@@ -65,6 +65,7 @@ def vae_reconstructions(work: Path, drawings: np.ndarray) -> np.ndarray:
 
 
 def grid(images: np.ndarray, columns: int, scale: int) -> Image.Image:
+    columns = min(columns, len(images))
     rows = [np.concatenate(list(images[r * columns:(r + 1) * columns]), axis=1) for r in range(len(images) // columns)]
     picture = Image.fromarray(np.concatenate(rows, axis=0))
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
@@ -92,8 +93,10 @@ def main() -> None:
     write_json(args.work / "quality.json", report)
     print(json.dumps(report, indent=2))
     if args.out is not None:
+        write_json(args.out / "quality.json", report)
         grid(generated[:32], 8, 2).save(args.out / "samples.png", optimize=True)
     if args.fixture is not None:
+        write_json(args.fixture.parent / "held_out.json", pairs)
         caption, seed = captions[0], seeds[0]
         image, latent = generate(args.work, [caption], [seed])
         noise = gaussian_noise(seed, 4 * 8 * 8).reshape(1, 4, 8, 8)

@@ -1,0 +1,109 @@
+/**
+ * Serving benchmark: images/s and p50/p95 latency of POST /generate at concurrency 1, 4, 8, 16,
+ * with continuous batching on and off, next to the raw batched UNet `session.run` ceiling at the
+ * same rows per run. Everything runs in one process, one configuration after another per level,
+ * so the ratios compare like with like on a noisy machine.
+ *
+ *   deno task bench [--steps 50] [--requests-per-level 16] [--levels 1,4,8,16]
+ */
+import * as ort from "onnxruntime-node";
+import { parseArgs } from "node:util";
+import { loadConfig } from "../config.ts";
+import { startServer } from "../server.ts";
+import { gaussianNoise } from "../pipeline/rng.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    steps: { type: "string", default: "50" },
+    "requests-per-level": { type: "string", default: "16" },
+    levels: { type: "string", default: "1,4,8,16" },
+    model: { type: "string", default: new URL("../models/tiny-sd-shapes", import.meta.url).pathname },
+  },
+});
+const steps = Number(values.steps);
+const levels = values.levels!.split(",").map(Number);
+const modelDir = values.model!;
+
+interface LevelResult {
+  imagesPerSecond: number;
+  p50: number;
+  p95: number;
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+}
+
+async function loadLevel(url: string, concurrency: number, total: number): Promise<LevelResult> {
+  const latencies: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  const worker = async () => {
+    while (next < total) {
+      const i = next++;
+      const t0 = performance.now();
+      const res = await fetch(`${url}/generate`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: `a large red circle on a blue background`, seed: i, steps }),
+      });
+      if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
+      await res.arrayBuffer();
+      latencies.push(performance.now() - t0);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const seconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  return { imagesPerSecond: total / seconds, p50: percentile(latencies, 0.5), p95: percentile(latencies, 0.95) };
+}
+
+/** Raw UNet throughput at `rows` rows per run, as images/s for `steps` guided steps per image. */
+async function rawUnet(session: ort.InferenceSession, rows: number, hidden: number, runs: number): Promise<number> {
+  const feeds = {
+    sample: new ort.Tensor("float32", gaussianNoise(1, rows * 4 * 8 * 8), [rows, 4, 8, 8]),
+    timestep: new ort.Tensor("int64", new BigInt64Array(rows).fill(500n), [rows]),
+    encoder_hidden_states: new ort.Tensor("float32", gaussianNoise(2, rows * 77 * hidden), [rows, 77, hidden]),
+  };
+  for (let i = 0; i < 3; i++) await session.run(feeds);
+  const t0 = performance.now();
+  for (let i = 0; i < runs; i++) await session.run(feeds);
+  const rowsPerSecond = (rows * runs) / ((performance.now() - t0) / 1000);
+  return rowsPerSecond / (2 * steps);
+}
+
+const servers = {
+  batched: await startServer(loadConfig({ PORT: "0", HOST: "127.0.0.1", MODEL: modelDir, MAX_CONCURRENT_REQUESTS: "64" }), { quiet: true }),
+  unbatched: await startServer(loadConfig({ PORT: "0", HOST: "127.0.0.1", MODEL: modelDir, BATCHING: "off", MAX_CONCURRENT_REQUESTS: "64" }), { quiet: true }),
+};
+const unet = await ort.InferenceSession.create(`${modelDir}/unet/model.onnx`, { graphOptimizationLevel: "all" });
+const hidden = servers.batched.model.info.hiddenSize;
+
+const rows: string[] = [];
+const summary: Record<number, { batched: LevelResult; unbatched: LevelResult; ceiling: number }> = {};
+for (const level of levels) {
+  const total = Math.max(Number(values["requests-per-level"]), level * 2);
+  await loadLevel(servers.batched.url, level, level); // warm-up
+  const batched = await loadLevel(servers.batched.url, level, total);
+  await loadLevel(servers.unbatched.url, level, level);
+  const unbatched = await loadLevel(servers.unbatched.url, level, total);
+  const ceiling = await rawUnet(unet, 2 * level, hidden, Math.max(20, 400 / level));
+  summary[level] = { batched, unbatched, ceiling };
+  rows.push(
+    `| ${level} | ${batched.imagesPerSecond.toFixed(2)} | ${batched.p50.toFixed(0)} / ${batched.p95.toFixed(0)} | ` +
+      `${unbatched.imagesPerSecond.toFixed(2)} | ${unbatched.p50.toFixed(0)} / ${unbatched.p95.toFixed(0)} | ` +
+      `${ceiling.toFixed(2)} | ${(batched.imagesPerSecond / unbatched.imagesPerSecond).toFixed(2)}x | ` +
+      `${(batched.imagesPerSecond / ceiling).toFixed(2)}x |`,
+  );
+  console.error(rows.at(-1));
+}
+await servers.batched.close();
+await servers.unbatched.close();
+await unet.release();
+
+console.log(`\nPOST /generate, ${steps} DDIM steps, guidance 7.5, 64x64, ${modelDir.split("/").pop()}; ` +
+  `${navigator.hardwareConcurrency} CPU threads, onnxruntime-node CPU\n`);
+console.log("| concurrency | batched img/s | batched p50 / p95 ms | unbatched img/s | unbatched p50 / p95 ms | raw UNet ceiling img/s | batched / unbatched | batched / ceiling |");
+console.log("|---|---|---|---|---|---|---|---|");
+console.log(rows.join("\n"));

@@ -1,0 +1,14 @@
+import { ok as assert } from "node:assert/strict";
+import { pythonReady } from "./python.ts";
+
+Deno.test({
+  name: "training recipe smoke test: a few steps of every stage, export, ONNX parity (training/smoke.sh)",
+  ignore: !pythonReady,
+  async fn() {
+    const script = new URL("../training/smoke.sh", import.meta.url).pathname;
+    const out = await new Deno.Command("bash", { args: [script], stdout: "piped", stderr: "piped" }).output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assert(out.success, text);
+    assert(/ok {2}unet\.out_sample/.test(text), text);
+  },
+});
