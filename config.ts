@@ -37,7 +37,13 @@ export interface Config {
   model?: string;
   executionProvider: "cpu" | "cuda" | "webgpu";
   batch: { enabled: boolean; maxRows: number; maxWaitMs: number };
-  limits: { maxConcurrentRequests: number; maxSteps: number; maxPixels: number; maxImages: number; maxBodyBytes: number };
+  limits: {
+    maxConcurrentRequests: number;
+    maxSteps: number;
+    maxPixels: number;
+    maxImages: number;
+    maxBodyBytes: number;
+  };
   hub: { endpoint: string; token?: string; cacheDir: string };
   telemetry: { otlpEndpoint?: string; serviceName: string };
 }

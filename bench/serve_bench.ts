@@ -56,15 +56,28 @@ async function loadLevel(url: string, concurrency: number, total: number): Promi
   await Promise.all(Array.from({ length: concurrency }, worker));
   const seconds = (performance.now() - started) / 1000;
   latencies.sort((a, b) => a - b);
-  return { imagesPerSecond: total / seconds, p50: percentile(latencies, 0.5), p95: percentile(latencies, 0.95) };
+  return {
+    imagesPerSecond: total / seconds,
+    p50: percentile(latencies, 0.5),
+    p95: percentile(latencies, 0.95),
+  };
 }
 
 /** Raw UNet throughput at `rows` rows per run, as images/s for `steps` guided steps per image. */
-async function rawUnet(session: ort.InferenceSession, rows: number, hidden: number, runs: number): Promise<number> {
+async function rawUnet(
+  session: ort.InferenceSession,
+  rows: number,
+  hidden: number,
+  runs: number,
+): Promise<number> {
   const feeds = {
     sample: new ort.Tensor("float32", gaussianNoise(1, rows * 4 * 8 * 8), [rows, 4, 8, 8]),
     timestep: new ort.Tensor("int64", new BigInt64Array(rows).fill(500n), [rows]),
-    encoder_hidden_states: new ort.Tensor("float32", gaussianNoise(2, rows * 77 * hidden), [rows, 77, hidden]),
+    encoder_hidden_states: new ort.Tensor("float32", gaussianNoise(2, rows * 77 * hidden), [
+      rows,
+      77,
+      hidden,
+    ]),
   };
   for (let i = 0; i < 3; i++) await session.run(feeds);
   const t0 = performance.now();
@@ -74,10 +87,24 @@ async function rawUnet(session: ort.InferenceSession, rows: number, hidden: numb
 }
 
 const servers = {
-  batched: await startServer(loadConfig({ PORT: "0", HOST: "127.0.0.1", MODEL: modelDir, MAX_CONCURRENT_REQUESTS: "64" }), { quiet: true }),
-  unbatched: await startServer(loadConfig({ PORT: "0", HOST: "127.0.0.1", MODEL: modelDir, BATCHING: "off", MAX_CONCURRENT_REQUESTS: "64" }), { quiet: true }),
+  batched: await startServer(
+    loadConfig({ PORT: "0", HOST: "127.0.0.1", MODEL: modelDir, MAX_CONCURRENT_REQUESTS: "64" }),
+    { quiet: true },
+  ),
+  unbatched: await startServer(
+    loadConfig({
+      PORT: "0",
+      HOST: "127.0.0.1",
+      MODEL: modelDir,
+      BATCHING: "off",
+      MAX_CONCURRENT_REQUESTS: "64",
+    }),
+    { quiet: true },
+  ),
 };
-const unet = await ort.InferenceSession.create(`${modelDir}/unet/model.onnx`, { graphOptimizationLevel: "all" });
+const unet = await ort.InferenceSession.create(`${modelDir}/unet/model.onnx`, {
+  graphOptimizationLevel: "all",
+});
 const hidden = servers.batched.model.info.hiddenSize;
 
 const rows: string[] = [];
@@ -91,8 +118,12 @@ for (const level of levels) {
   const ceiling = await rawUnet(unet, 2 * level, hidden, Math.max(20, 400 / level));
   summary[level] = { batched, unbatched, ceiling };
   rows.push(
-    `| ${level} | ${batched.imagesPerSecond.toFixed(2)} | ${batched.p50.toFixed(0)} / ${batched.p95.toFixed(0)} | ` +
-      `${unbatched.imagesPerSecond.toFixed(2)} | ${unbatched.p50.toFixed(0)} / ${unbatched.p95.toFixed(0)} | ` +
+    `| ${level} | ${batched.imagesPerSecond.toFixed(2)} | ${batched.p50.toFixed(0)} / ${
+      batched.p95.toFixed(0)
+    } | ` +
+      `${unbatched.imagesPerSecond.toFixed(2)} | ${unbatched.p50.toFixed(0)} / ${
+        unbatched.p95.toFixed(0)
+      } | ` +
       `${ceiling.toFixed(2)} | ${(batched.imagesPerSecond / unbatched.imagesPerSecond).toFixed(2)}x | ` +
       `${(batched.imagesPerSecond / ceiling).toFixed(2)}x |`,
   );
@@ -102,8 +133,12 @@ await servers.batched.close();
 await servers.unbatched.close();
 await unet.release();
 
-console.log(`\nPOST /generate, ${steps} DDIM steps, guidance 7.5, 64x64, ${modelDir.split("/").pop()}; ` +
-  `${navigator.hardwareConcurrency} CPU threads, onnxruntime-node CPU\n`);
-console.log("| concurrency | batched img/s | batched p50 / p95 ms | unbatched img/s | unbatched p50 / p95 ms | raw UNet ceiling img/s | batched / unbatched | batched / ceiling |");
+console.log(
+  `\nPOST /generate, ${steps} DDIM steps, guidance 7.5, 64x64, ${modelDir.split("/").pop()}; ` +
+    `${navigator.hardwareConcurrency} CPU threads, onnxruntime-node CPU\n`,
+);
+console.log(
+  "| concurrency | batched img/s | batched p50 / p95 ms | unbatched img/s | unbatched p50 / p95 ms | raw UNet ceiling img/s | batched / unbatched | batched / ceiling |",
+);
 console.log("|---|---|---|---|---|---|---|---|");
 console.log(rows.join("\n"));

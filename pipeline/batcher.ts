@@ -102,7 +102,10 @@ export class Batcher {
   #pump(): void {
     this.#dropAborted();
     if (this.#running || this.#queue.length === 0) return;
-    const sameKeyRows = this.#queue.filter((c) => c.key === this.#queue[0].key).reduce((n, c) => n + c.rows, 0);
+    const sameKeyRows = this.#queue.filter((c) => c.key === this.#queue[0].key).reduce(
+      (n, c) => n + c.rows,
+      0,
+    );
     const waited = performance.now() - this.#queue[0].arrived;
     if (this.options.enabled && sameKeyRows < this.options.maxRows && waited < this.options.maxWaitMs) {
       this.#schedule(this.options.maxWaitMs - waited);
@@ -126,7 +129,9 @@ export class Batcher {
       ...(tags.length ? { "batch.timesteps": tags.join(",") } : {}),
     }, links);
     try {
-      const outputs = await this.run(batch.length === 1 ? batch[0].feeds : concatFeeds(batch.map((c) => c.feeds)));
+      const outputs = await this.run(
+        batch.length === 1 ? batch[0].feeds : concatFeeds(batch.map((c) => c.feeds)),
+      );
       this.stats.runs++;
       this.stats.rows += rows;
       this.stats.calls += batch.length;

@@ -46,7 +46,12 @@ export function imageSeeds(seed: number, count: number): number[] {
   return Array.from({ length: count }, (_, i) => (seed + i) >>> 0);
 }
 
-export function initialNoise(model: DiffusionModel, seeds: number[], height: number, width: number): Float32Array {
+export function initialNoise(
+  model: DiffusionModel,
+  seeds: number[],
+  height: number,
+  width: number,
+): Float32Array {
   const size = model.info.latentChannels * height * width;
   const out = new Float32Array(seeds.length * size);
   seeds.forEach((seed, i) => out.set(gaussianNoise(seed, size), i * size));
@@ -81,7 +86,11 @@ export interface DenoiseParams {
  * The denoising loop with classifier-free guidance: eps = eps_u + w (eps_c - eps_u). The
  * unconditional and conditional rows of a request travel in one UNet call.
  */
-export async function denoise(model: DiffusionModel, params: DenoiseParams, ctx: TaskContext): Promise<Float32Array> {
+export async function denoise(
+  model: DiffusionModel,
+  params: DenoiseParams,
+  ctx: TaskContext,
+): Promise<Float32Array> {
   const { shape, guidanceScale } = params;
   const scheduler = createScheduler(params.scheduler, model.schedule, params.steps);
   const guided = guidanceScale !== 1;
@@ -112,8 +121,17 @@ export async function denoise(model: DiffusionModel, params: DenoiseParams, ctx:
   return latents;
 }
 
-export async function decodeToImages(model: DiffusionModel, latents: Float32Array, shape: LatentShape, ctx: TaskContext): Promise<RgbImage[]> {
-  const pixels = await inSpan("vae.decode", ctx.span, () => model.decodeLatents(latents, shape, { signal: ctx.signal, span: ctx.span }));
+export async function decodeToImages(
+  model: DiffusionModel,
+  latents: Float32Array,
+  shape: LatentShape,
+  ctx: TaskContext,
+): Promise<RgbImage[]> {
+  const pixels = await inSpan(
+    "vae.decode",
+    ctx.span,
+    () => model.decodeLatents(latents, shape, { signal: ctx.signal, span: ctx.span }),
+  );
   const width = shape.width * 8, height = shape.height * 8;
   return Array.from({ length: shape.rows }, (_, i) => pixelsToRgb(pixels, i, width, height));
 }
@@ -127,16 +145,30 @@ async function timed<T>(timings: Timings, stage: string, fn: () => Promise<T>): 
   }
 }
 
-export async function generate(model: DiffusionModel, params: GenerateParams, ctx: TaskContext): Promise<GenerateResult> {
+export async function generate(
+  model: DiffusionModel,
+  params: GenerateParams,
+  ctx: TaskContext,
+): Promise<GenerateResult> {
   const timings: Timings = {};
   const shape: LatentShape = { rows: params.numImages, height: params.height / 8, width: params.width / 8 };
   const seeds = imageSeeds(params.seed, params.numImages);
-  const [cond, uncond] = await timed(timings, "text_encode_ms", () =>
-    inSpan("text_encode", ctx.span, async () => {
-      const both = await model.encodeText([params.prompt, params.negativePrompt], { signal: ctx.signal, span: ctx.span });
-      const half = both.length / 2;
-      return [repeatRows(both.subarray(0, half), params.numImages), repeatRows(both.subarray(half), params.numImages)];
-    }));
+  const [cond, uncond] = await timed(
+    timings,
+    "text_encode_ms",
+    () =>
+      inSpan("text_encode", ctx.span, async () => {
+        const both = await model.encodeText([params.prompt, params.negativePrompt], {
+          signal: ctx.signal,
+          span: ctx.span,
+        });
+        const half = both.length / 2;
+        return [
+          repeatRows(both.subarray(0, half), params.numImages),
+          repeatRows(both.subarray(half), params.numImages),
+        ];
+      }),
+  );
   const latents = await timed(timings, "denoise_ms", () =>
     inSpan("denoise", ctx.span, () =>
       denoise(model, {

@@ -3,7 +3,11 @@ import sharp from "sharp";
 
 export const OUTPUT_FORMATS = ["png", "webp", "jpeg"] as const;
 export type OutputFormat = typeof OUTPUT_FORMATS[number];
-export const MIME_TYPES: Record<OutputFormat, string> = { png: "image/png", webp: "image/webp", jpeg: "image/jpeg" };
+export const MIME_TYPES: Record<OutputFormat, string> = {
+  png: "image/png",
+  webp: "image/webp",
+  jpeg: "image/jpeg",
+};
 
 export interface RgbImage {
   width: number;
@@ -47,6 +51,12 @@ export async function encodeImage(image: RgbImage, format: OutputFormat): Promis
 }
 
 export async function decodeImage(bytes: Uint8Array): Promise<RgbImage> {
-  const { data, info } = await sharp(bytes).removeAlpha().toColourspace("srgb").raw().toBuffer({ resolveWithObject: true });
-  return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+  const { data, info } = await sharp(bytes).removeAlpha().toColourspace("srgb").raw().toBuffer({
+    resolveWithObject: true,
+  });
+  return {
+    width: info.width,
+    height: info.height,
+    data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+  };
 }

@@ -74,7 +74,8 @@ export class DiffusionModel {
       executionProviders: options.executionProviders,
       graphOptimizationLevel: "all",
     };
-    const open = (part: string) => ort.InferenceSession.create(`${directory}/${part}/model.onnx`, sessionOptions);
+    const open = (part: string) =>
+      ort.InferenceSession.create(`${directory}/${part}/model.onnx`, sessionOptions);
     const hasEncoder = await exists(`${directory}/vae_encoder/model.onnx`);
     const [textEncoder, unet, vaeDecoder, vaeEncoder] = await Promise.all([
       open("text_encoder"),
@@ -112,7 +113,13 @@ export class DiffusionModel {
       vaeEncoder: vaeEncoder && new Batcher("vae_encoder", runner(vaeEncoder), options.batch),
     };
     const tokenizer = await ClipTokenizer.load(`${directory}/tokenizer`);
-    return new DiffusionModel(info, tokenizer, schedule, { textEncoder, unet, vaeDecoder, vaeEncoder }, batchers);
+    return new DiffusionModel(
+      info,
+      tokenizer,
+      schedule,
+      { textEncoder, unet, vaeDecoder, vaeEncoder },
+      batchers,
+    );
   }
 
   /** Text embeddings [n, 77, hidden] for n prompts, flattened. */
@@ -150,7 +157,11 @@ export class DiffusionModel {
     const feeds: Feeds = {
       sample: new ort.Tensor("float32", latents, [rows, c, height, width]),
       timestep: t,
-      encoder_hidden_states: new ort.Tensor("float32", embeddings, [rows, embeddings.length / rows / this.info.hiddenSize, this.info.hiddenSize]),
+      encoder_hidden_states: new ort.Tensor("float32", embeddings, [
+        rows,
+        embeddings.length / rows / this.info.hiddenSize,
+        this.info.hiddenSize,
+      ]),
     };
     const key = this.info.perRowTimestep ? `${height}x${width}` : `${height}x${width}@${timestep}`;
     const out = await this.batchers.unet.submit(feeds, { ...options, key, tag: timestep });
@@ -158,16 +169,26 @@ export class DiffusionModel {
   }
 
   /** Scaled latents [n, C, h, w] -> images [n, 3, 8h, 8w] in [-1, 1]. */
-  async decodeLatents(latents: Float32Array, shape: { rows: number; height: number; width: number }, options: CallOptions = {}): Promise<Float32Array> {
+  async decodeLatents(
+    latents: Float32Array,
+    shape: { rows: number; height: number; width: number },
+    options: CallOptions = {},
+  ): Promise<Float32Array> {
     const { rows, height, width } = shape;
     const unscaled = latents.map((v) => v / this.info.scalingFactor);
-    const feeds = { latent_sample: new ort.Tensor("float32", unscaled, [rows, this.info.latentChannels, height, width]) };
+    const feeds = {
+      latent_sample: new ort.Tensor("float32", unscaled, [rows, this.info.latentChannels, height, width]),
+    };
     const out = await this.batchers.vaeDecoder.submit(feeds, { ...options, key: `${height}x${width}` });
     return out[this.sessions.vaeDecoder.outputNames[0]].data as Float32Array;
   }
 
   /** Images [n, 3, H, W] in [-1, 1] -> scaled latent means [n, C, H/8, W/8]. */
-  async encodeImages(pixels: Float32Array, shape: { rows: number; height: number; width: number }, options: CallOptions = {}): Promise<Float32Array> {
+  async encodeImages(
+    pixels: Float32Array,
+    shape: { rows: number; height: number; width: number },
+    options: CallOptions = {},
+  ): Promise<Float32Array> {
     const encoder = this.sessions.vaeEncoder, batcher = this.batchers.vaeEncoder;
     if (!encoder || !batcher) throw new Error("this model has no VAE encoder");
     const { rows, height, width } = shape;

@@ -21,7 +21,8 @@ const REPO_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+$/;
 
 function isLayoutFile(path: string): boolean {
   if (path === "model_index.json") return true;
-  return LAYOUT_DIRS.some((dir) => path.startsWith(dir)) && !/\.(bin|safetensors|msgpack|h5|ckpt)$/.test(path);
+  return LAYOUT_DIRS.some((dir) => path.startsWith(dir)) &&
+    !/\.(bin|safetensors|msgpack|h5|ckpt)$/.test(path);
 }
 
 async function isDirectory(path: string): Promise<boolean> {
@@ -34,7 +35,9 @@ async function isDirectory(path: string): Promise<boolean> {
 
 export async function resolveModel(model: string | undefined, hub: HubSettings): Promise<ModelLocation> {
   if (!model) return { name: "tiny-sd-shapes", directory: EMBEDDED_MODEL_DIR };
-  if (await isDirectory(model)) return { name: model.replace(/\/+$/, "").split("/").pop()!, directory: model };
+  if (await isDirectory(model)) {
+    return { name: model.replace(/\/+$/, "").split("/").pop()!, directory: model };
+  }
   const [repoName, revision = "main"] = model.split("@");
   if (!REPO_ID.test(repoName) || repoName.includes("..")) {
     throw new Error(`MODEL=${model} is neither a directory nor a Hugging Face repo id (org/name[@revision])`);

@@ -23,7 +23,8 @@ export function alphasCumprod(config: ScheduleConfig): Float64Array {
   for (let i = 0; i < n; i++) {
     const frac = n === 1 ? 0 : i / (n - 1);
     const beta = config.beta_schedule === "scaled_linear"
-      ? (Math.sqrt(config.beta_start) + frac * (Math.sqrt(config.beta_end) - Math.sqrt(config.beta_start))) ** 2
+      ? (Math.sqrt(config.beta_start) + frac * (Math.sqrt(config.beta_end) - Math.sqrt(config.beta_start))) **
+        2
       : config.beta_start + frac * (config.beta_end - config.beta_start);
     product *= 1 - beta;
     out[i] = product;

@@ -15,9 +15,15 @@ export class Admission {
   acquire(): () => void {
     if (this.#active >= this.limit) {
       const retry = String(Math.max(1, Math.ceil(this.#recentSeconds)));
-      throw new ApiError(429, "queue_full", `${this.#active} requests in flight; retry in ${retry} s`, undefined, {
-        "Retry-After": retry,
-      });
+      throw new ApiError(
+        429,
+        "queue_full",
+        `${this.#active} requests in flight; retry in ${retry} s`,
+        undefined,
+        {
+          "Retry-After": retry,
+        },
+      );
     }
     this.#active++;
     const started = performance.now();

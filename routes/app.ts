@@ -58,14 +58,23 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
       span.end();
     }
   });
-  app.use("*", bodyLimit({
-    maxSize: config.limits.maxBodyBytes,
-    onError: (c) => c.json(errorBody("payload_too_large", `the body exceeds ${config.limits.maxBodyBytes} bytes`, "body"), 413),
-  }));
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: config.limits.maxBodyBytes,
+      onError: (c) =>
+        c.json(
+          errorBody("payload_too_large", `the body exceeds ${config.limits.maxBodyBytes} bytes`, "body"),
+          413,
+        ),
+    }),
+  );
 
   app.onError((error, c) => {
     if (error instanceof ApiError) return errorResponse(c, error);
-    if (c.req.raw.signal.aborted) return c.json(errorBody("client_closed", "the client went away"), 499 as 400);
+    if (c.req.raw.signal.aborted) {
+      return c.json(errorBody("client_closed", "the client went away"), 499 as 400);
+    }
     console.error(error);
     return c.json(errorBody("internal", "internal error"), 500);
   });
@@ -78,7 +87,10 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
 
   const health = (c: any) => {
     const ready = services.ready();
-    return c.json({ status: ready ? "ok" : "draining", live: true, ready, in_flight: admission.active }, ready ? 200 : 503);
+    return c.json(
+      { status: ready ? "ok" : "draining", live: true, ready, in_flight: admission.active },
+      ready ? 200 : 503,
+    );
   };
   app.get("/health", health);
   app.get("/health/ready", health);

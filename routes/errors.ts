@@ -23,7 +23,12 @@ export function fromZodError(error: z.ZodError): ApiError {
   const issue = error.issues[0];
   const field = issue.path.map(String).join(".");
   const tooBig = issue.code === "too_big" && ["width", "height", "steps", "num_images"].includes(field);
-  return new ApiError(400, tooBig ? "limit_exceeded" : "invalid_request", `${field || "body"}: ${issue.message}`, field || undefined);
+  return new ApiError(
+    400,
+    tooBig ? "limit_exceeded" : "invalid_request",
+    `${field || "body"}: ${issue.message}`,
+    field || undefined,
+  );
 }
 
 export function errorResponse(c: Context, error: ApiError): Response {

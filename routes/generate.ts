@@ -16,10 +16,17 @@ type Reply = "json" | "sse" | OutputFormat;
 export function negotiate(accept: string | undefined, numImages: number): Reply {
   const types = (accept ?? "").split(",").map((part) => part.split(";")[0].trim().toLowerCase());
   if (types.includes("text/event-stream")) return "sse";
-  const raw = (Object.entries(MIME_TYPES) as [OutputFormat, string][]).find(([, mime]) => types.includes(mime));
+  const raw = (Object.entries(MIME_TYPES) as [OutputFormat, string][]).find(([, mime]) =>
+    types.includes(mime)
+  );
   if (!raw || types.includes("application/json")) return "json";
   if (numImages !== 1) {
-    throw new ApiError(406, "not_acceptable", "a raw image reply carries one image: set num_images to 1 or accept application/json", "num_images");
+    throw new ApiError(
+      406,
+      "not_acceptable",
+      "a raw image reply carries one image: set num_images to 1 or accept application/json",
+      "num_images",
+    );
   }
   return raw[0];
 }
@@ -34,7 +41,13 @@ export async function encodeImages(result: GenerateResult, format: OutputFormat,
     }))), { format, images: result.images.length });
 }
 
-export async function handleGenerate(c: Context, model: DiffusionModel, body: GenerateRequest, span: Span, admission: Admission) {
+export async function handleGenerate(
+  c: Context,
+  model: DiffusionModel,
+  body: GenerateRequest,
+  span: Span,
+  admission: Admission,
+) {
   const reply = negotiate(c.req.header("accept"), body.num_images);
   const release = admission.acquire();
   const seed = body.seed ?? randomSeed();
@@ -63,7 +76,13 @@ export async function handleGenerate(c: Context, model: DiffusionModel, body: Ge
     return { encoded, timings: result.timings };
   };
   const jsonBody = ({ encoded, timings }: Awaited<ReturnType<typeof run>>) => ({
-    images: encoded.map((e) => ({ data: encodeBase64(e.bytes), seed: e.seed, format, width: e.width, height: e.height })),
+    images: encoded.map((e) => ({
+      data: encodeBase64(e.bytes),
+      seed: e.seed,
+      format,
+      width: e.width,
+      height: e.height,
+    })),
     parameters: { ...parameters, output_format: format },
     timings,
   });
@@ -73,13 +92,18 @@ export async function handleGenerate(c: Context, model: DiffusionModel, body: Ge
       try {
         let writes = Promise.resolve();
         const outcome = await run((step, total) => {
-          writes = writes.then(() => stream.writeSSE({ event: "progress", data: JSON.stringify({ step, total }) }));
+          writes = writes.then(() =>
+            stream.writeSSE({ event: "progress", data: JSON.stringify({ step, total }) })
+          );
         });
         await writes;
         await stream.writeSSE({ event: "result", data: JSON.stringify(jsonBody(outcome)) });
       } catch (error) {
         if (!signal.aborted) {
-          await stream.writeSSE({ event: "error", data: JSON.stringify(errorBody("internal", String(error))) });
+          await stream.writeSSE({
+            event: "error",
+            data: JSON.stringify(errorBody("internal", String(error))),
+          });
         }
       } finally {
         release();
@@ -90,7 +114,9 @@ export async function handleGenerate(c: Context, model: DiffusionModel, body: Ge
     const outcome = await run();
     if (reply === "json") return c.json(jsonBody(outcome));
     c.header("X-Seed", String(outcome.encoded[0].seed));
-    return c.body(outcome.encoded[0].bytes as Uint8Array<ArrayBuffer>, 200, { "Content-Type": MIME_TYPES[reply] });
+    return c.body(outcome.encoded[0].bytes as Uint8Array<ArrayBuffer>, 200, {
+      "Content-Type": MIME_TYPES[reply],
+    });
   } finally {
     release();
   }

@@ -20,12 +20,20 @@ export interface NativeSize {
 export function generateRequestSchema(limits: Limits, native: NativeSize) {
   return z.object({
     prompt: z.string().min(1).max(4000).describe("What to draw."),
-    negative_prompt: z.string().max(4000).default("").describe("Used as the unconditional prompt of guidance."),
+    negative_prompt: z.string().max(4000).default("").describe(
+      "Used as the unconditional prompt of guidance.",
+    ),
     width: side.default(native.width).describe("Pixels, a multiple of 8; default: the model's native width."),
-    height: side.default(native.height).describe("Pixels, a multiple of 8; default: the model's native height."),
+    height: side.default(native.height).describe(
+      "Pixels, a multiple of 8; default: the model's native height.",
+    ),
     steps: z.number().int().min(1).max(limits.maxSteps).default(50),
-    guidance_scale: z.number().min(0).max(50).default(7.5).describe("Classifier-free guidance weight; 1 disables it."),
-    seed: z.number().int().min(0).max(MAX_SEED).optional().describe("uint32; random when absent, always returned."),
+    guidance_scale: z.number().min(0).max(50).default(7.5).describe(
+      "Classifier-free guidance weight; 1 disables it.",
+    ),
+    seed: z.number().int().min(0).max(MAX_SEED).optional().describe(
+      "uint32; random when absent, always returned.",
+    ),
     scheduler: z.enum(SCHEDULER_NAMES).default("ddim"),
     num_images: z.number().int().min(1).max(limits.maxImages).default(1),
     output_format: z.enum(OUTPUT_FORMATS).default("png"),

@@ -35,13 +35,21 @@ Deno.test("POST /generate: JSON reply, seeds, parameters, timings; same seed giv
 
 Deno.test("POST /generate: raw image by Accept, other formats, sizes and the euler scheduler", async () => {
   await withServer({}, async ({ url }) => {
-    const raw = await post(`${url}/generate`, { prompt: PROMPT, seed: 5, steps: 4 }, { accept: "image/webp" });
+    const raw = await post(`${url}/generate`, { prompt: PROMPT, seed: 5, steps: 4 }, {
+      accept: "image/webp",
+    });
     assertEquals(raw.status, 200);
     assertEquals(raw.headers.get("content-type"), "image/webp");
     assertEquals(raw.headers.get("x-seed"), "5");
     assertEquals((await sharp(new Uint8Array(await raw.arrayBuffer())).metadata()).format, "webp");
 
-    const jpeg = await (await post(`${url}/generate`, { prompt: PROMPT, steps: 3, output_format: "jpeg", width: 72, height: 48 })).json();
+    const jpeg = await (await post(`${url}/generate`, {
+      prompt: PROMPT,
+      steps: 3,
+      output_format: "jpeg",
+      width: 72,
+      height: 48,
+    })).json();
     const meta = await sharp(decodeBase64(jpeg.images[0].data)).metadata();
     assertEquals([meta.format, meta.width, meta.height], ["jpeg", 72, 48]);
 
@@ -49,7 +57,9 @@ Deno.test("POST /generate: raw image by Accept, other formats, sizes and the eul
     assertEquals(euler.status, 200);
     assertEquals((await euler.json()).parameters.scheduler, "euler");
 
-    const many = await post(`${url}/generate`, { prompt: PROMPT, steps: 2, num_images: 2 }, { accept: "image/png" });
+    const many = await post(`${url}/generate`, { prompt: PROMPT, steps: 2, num_images: 2 }, {
+      accept: "image/png",
+    });
     assertEquals(many.status, 406);
     assertEquals((await many.json()).error.field, "num_images");
   });
@@ -57,7 +67,9 @@ Deno.test("POST /generate: raw image by Accept, other formats, sizes and the eul
 
 Deno.test("POST /generate: server-sent progress events, then the result", async () => {
   await withServer({}, async ({ url }) => {
-    const res = await post(`${url}/generate`, { prompt: PROMPT, seed: 3, steps: 5 }, { accept: "text/event-stream" });
+    const res = await post(`${url}/generate`, { prompt: PROMPT, seed: 3, steps: 5 }, {
+      accept: "text/event-stream",
+    });
     assertEquals(res.headers.get("content-type")?.startsWith("text/event-stream"), true);
     const text = await res.text();
     const events = text.trim().split("\n\n").map((block) => {
@@ -67,7 +79,10 @@ Deno.test("POST /generate: server-sent progress events, then the result", async 
         data: JSON.parse(lines.find((l) => l.startsWith("data:"))!.slice(5)),
       };
     });
-    assertEquals(events.filter((e) => e.event === "progress").map((e) => e.data), [1, 2, 3, 4, 5].map((step) => ({ step, total: 5 })));
+    assertEquals(
+      events.filter((e) => e.event === "progress").map((e) => e.data),
+      [1, 2, 3, 4, 5].map((step) => ({ step, total: 5 })),
+    );
     const result = events.at(-1)!;
     assertEquals(result.event, "result");
     const direct = await (await post(`${url}/generate`, { prompt: PROMPT, seed: 3, steps: 5 })).json();
@@ -111,8 +126,20 @@ Deno.test("robustness: hundreds of malformed requests, then a valid one succeeds
     const junk: unknown[] = ["", "null", "[]", "{", "\u0000\u0001", '{"prompt":', "true", "1e999"];
     const random = (i: number) => {
       const values = [null, -1, 1e12, "x", [], {}, true, 0.5, "9".repeat(50)];
-      const keys = ["prompt", "steps", "width", "height", "seed", "num_images", "guidance_scale", "scheduler", "output_format"];
-      return Object.fromEntries(keys.filter((_, k) => (i >> k) & 1).map((k, j) => [k, values[(i + j) % values.length]]));
+      const keys = [
+        "prompt",
+        "steps",
+        "width",
+        "height",
+        "seed",
+        "num_images",
+        "guidance_scale",
+        "scheduler",
+        "output_format",
+      ];
+      return Object.fromEntries(
+        keys.filter((_, k) => (i >> k) & 1).map((k, j) => [k, values[(i + j) % values.length]]),
+      );
     };
     let served = 0;
     for (let i = 0; i < 300; i++) {

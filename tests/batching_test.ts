@@ -21,7 +21,12 @@ function maxPixelDifference(a: Uint8Array, b: Uint8Array): number {
 
 Deno.test("batching: concurrent requests with different prompts, steps and guidance share UNet runs", async () => {
   await withServer({}, async ({ url, model }) => {
-    const bodies = prompts.map((prompt, i) => ({ prompt, seed: 10 + i, steps: 10 + 2 * i, guidance_scale: 5 + i }));
+    const bodies = prompts.map((prompt, i) => ({
+      prompt,
+      seed: 10 + i,
+      steps: 10 + 2 * i,
+      guidance_scale: 5 + i,
+    }));
     const alone = [];
     for (const body of bodies) alone.push(await (await post(`${url}/generate`, body)).json());
     const before = { ...model.batchers.unet.stats };
@@ -32,7 +37,10 @@ Deno.test("batching: concurrent requests with different prompts, steps and guida
     assert(runs <= 16 + 2, `${calls} UNet calls took ${runs} runs; batched they need about 16`);
     for (let i = 0; i < bodies.length; i++) {
       // Same request alone or in a batch: the same image up to float rounding of a batched matmul.
-      const diff = maxPixelDifference(await pixels(alone[i].images[0].data), await pixels(together[i].images[0].data));
+      const diff = maxPixelDifference(
+        await pixels(alone[i].images[0].data),
+        await pixels(together[i].images[0].data),
+      );
       assert(diff <= 2, `request ${i}: max pixel difference ${diff} between batched and alone`);
     }
   });
@@ -41,7 +49,9 @@ Deno.test("batching: concurrent requests with different prompts, steps and guida
 Deno.test("batching: a request that arrives mid-run joins the next runs at its own timestep", async () => {
   await withServer({}, async ({ url, model }) => {
     const before = { ...model.batchers.unet.stats };
-    const long = post(`${url}/generate`, { prompt: prompts[0], steps: 60, seed: 1 }, { accept: "text/event-stream" });
+    const long = post(`${url}/generate`, { prompt: prompts[0], steps: 60, seed: 1 }, {
+      accept: "text/event-stream",
+    });
     const reader = (await long).body!.getReader();
     const decoder = new TextDecoder();
     let seen = "";
@@ -52,19 +62,26 @@ Deno.test("batching: a request that arrives mid-run joins the next runs at its o
     const runs = model.batchers.unet.stats.runs - before.runs;
     const calls = model.batchers.unet.stats.calls - before.calls;
     assertEquals(calls, 80);
-    assert(runs <= 62, `the late request's 20 calls should ride along the long one's 60 runs; got ${runs} runs`);
+    assert(
+      runs <= 62,
+      `the late request's 20 calls should ride along the long one's 60 runs; got ${runs} runs`,
+    );
   });
 });
 
 Deno.test("batching: max rows per run is respected, and batching off runs one request per run", async () => {
   await withServer({ BATCH_MAX_ROWS: "4" }, async ({ url, model }) => {
-    await Promise.all(prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 5 }).then((r) => r.json())));
+    await Promise.all(
+      prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 5 }).then((r) => r.json())),
+    );
     const { runs, rows } = model.batchers.unet.stats;
     assertEquals(rows, 4 * 5 * 2);
     assert(runs >= 10 && runs < 20, `2-row calls, at most 4 rows per run: expected 10-19 runs, got ${runs}`);
   });
   await withServer({ BATCHING: "off" }, async ({ url, model }) => {
-    await Promise.all(prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 5 }).then((r) => r.json())));
+    await Promise.all(
+      prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 5 }).then((r) => r.json())),
+    );
     assertEquals(model.batchers.unet.stats.runs, model.batchers.unet.stats.calls);
     assertEquals(model.batchers.textEncoder.stats.runs, 4);
   });
@@ -72,17 +89,27 @@ Deno.test("batching: max rows per run is respected, and batching off runs one re
 
 Deno.test("batching: text encoder and VAE calls of concurrent requests are batched too", async () => {
   await withServer({}, async ({ url, model }) => {
-    await Promise.all(prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 3 }).then((r) => r.json())));
+    await Promise.all(
+      prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 3 }).then((r) => r.json())),
+    );
     assertEquals(model.batchers.textEncoder.stats.calls, 4);
-    assert(model.batchers.textEncoder.stats.runs < 4, `text encoder runs: ${model.batchers.textEncoder.stats.runs}`);
-    assert(model.batchers.vaeDecoder.stats.runs < 4, `VAE decoder runs: ${model.batchers.vaeDecoder.stats.runs}`);
+    assert(
+      model.batchers.textEncoder.stats.runs < 4,
+      `text encoder runs: ${model.batchers.textEncoder.stats.runs}`,
+    );
+    assert(
+      model.batchers.vaeDecoder.stats.runs < 4,
+      `VAE decoder runs: ${model.batchers.vaeDecoder.stats.runs}`,
+    );
   });
 });
 
 Deno.test("cancellation: a client that disconnects has its remaining steps cancelled", async () => {
   await withServer({}, async ({ url, model }) => {
     const controller = new AbortController();
-    const res = await post(`${url}/generate`, { prompt: prompts[2], steps: 150 }, { accept: "text/event-stream" }, controller.signal);
+    const res = await post(`${url}/generate`, { prompt: prompts[2], steps: 150 }, {
+      accept: "text/event-stream",
+    }, controller.signal);
     const reader = res.body!.getReader();
     let seen = "";
     while (!seen.includes('"step":5,')) seen += new TextDecoder().decode((await reader.read()).value);

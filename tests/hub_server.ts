@@ -47,7 +47,10 @@ export class FakeHub {
   #server: Deno.HttpServer<Deno.NetAddr>;
 
   constructor() {
-    this.#server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, (req) => this.#handle(req));
+    this.#server = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", onListen: () => {} },
+      (req) => this.#handle(req),
+    );
   }
 
   get url(): string {
@@ -59,12 +62,23 @@ export class FakeHub {
   }
 
   /** Adds a commit (the whole file set) to `repo` and points `main` at it; returns its sha. */
-  async addCommit(repo: string, files: Record<string, Uint8Array>, options: { token?: string; ref?: string } = {}): Promise<string> {
+  async addCommit(
+    repo: string,
+    files: Record<string, Uint8Array>,
+    options: { token?: string; ref?: string } = {},
+  ): Promise<string> {
     const stored = this.repos.get(repo) ?? { commits: new Map(), refs: new Map(), token: options.token };
-    const entries = await Promise.all(Object.entries(files).map(async ([path, bytes]) =>
-      [path, { bytes, gitOid: await gitBlobOid(bytes), sha256: await digestHex("SHA-256", bytes) }] as const
-    ));
-    const sha = await digestHex("SHA-1", new TextEncoder().encode(`${repo}:${stored.commits.size}:${entries.map(([p, e]) => p + e.sha256).join()}`));
+    const entries = await Promise.all(
+      Object.entries(files).map(async ([path, bytes]) =>
+        [path, { bytes, gitOid: await gitBlobOid(bytes), sha256: await digestHex("SHA-256", bytes) }] as const
+      ),
+    );
+    const sha = await digestHex(
+      "SHA-1",
+      new TextEncoder().encode(
+        `${repo}:${stored.commits.size}:${entries.map(([p, e]) => p + e.sha256).join()}`,
+      ),
+    );
     stored.commits.set(sha, { sha, files: new Map(entries) });
     stored.refs.set(options.ref ?? "main", sha);
     this.repos.set(repo, stored);
@@ -75,8 +89,9 @@ export class FakeHub {
     const files: Record<string, Uint8Array> = {};
     for await (const entry of Deno.readDir(dir)) {
       const path = prefix ? `${prefix}/${entry.name}` : entry.name;
-      if (entry.isDirectory) Object.assign(files, await FakeHub.filesOfDirectory(`${dir}/${entry.name}`, path));
-      else if (entry.isFile) files[path] = await Deno.readFile(`${dir}/${entry.name}`);
+      if (entry.isDirectory) {
+        Object.assign(files, await FakeHub.filesOfDirectory(`${dir}/${entry.name}`, path));
+      } else if (entry.isFile) files[path] = await Deno.readFile(`${dir}/${entry.name}`);
     }
     return files;
   }
@@ -113,7 +128,9 @@ export class FakeHub {
           path,
           size: file.bytes.length,
           oid: file.gitOid,
-          ...(file.bytes.length >= LFS_THRESHOLD ? { lfs: { oid: file.sha256, size: file.bytes.length, pointerSize: 134 } } : {}),
+          ...(file.bytes.length >= LFS_THRESHOLD
+            ? { lfs: { oid: file.sha256, size: file.bytes.length, pointerSize: 134 } }
+            : {}),
           lastCommit: { id: commit.sha, title: "commit", date: "2026-01-01T00:00:00.000Z" },
         };
       };
@@ -147,7 +164,10 @@ export class FakeHub {
         end = range[2] ? Math.min(Number(range[2]), size - 1) : size - 1;
         headers["Content-Range"] = `bytes ${start}-${end}/${size}`;
       }
-      return new Response(this.#body(file.bytes.subarray(start, end + 1)), { status: range ? 206 : 200, headers });
+      return new Response(this.#body(file.bytes.subarray(start, end + 1)), {
+        status: range ? 206 : 200,
+        headers,
+      });
     }
     return this.#error(404, "NotFound", `no route ${url.pathname}`);
   }

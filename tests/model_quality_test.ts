@@ -55,14 +55,22 @@ Deno.test({
     try {
       await withServer({ MAX_CONCURRENT_REQUESTS: "256" }, async ({ url }) => {
         await Promise.all(pairs.map(async ([prompt, seed], i) => {
-          const res = await post(`${url}/generate`, { prompt, seed, steps: 50, guidance_scale: 7.5 }, { accept: "image/png" });
+          const res = await post(`${url}/generate`, { prompt, seed, steps: 50, guidance_scale: 7.5 }, {
+            accept: "image/png",
+          });
           assertEquals(res.status, 200);
           await Deno.writeFile(`${dir}/${i}.png`, new Uint8Array(await res.arrayBuffer()));
         }));
       });
       const evaluator = new URL("../training/evaluator.py", import.meta.url).pathname;
-      const api = JSON.parse(await runPython([evaluator, "--pairs", `${FIXTURES_DIR}/held_out.json`, "--images", dir]));
-      console.log(`all attributes: API ${(100 * api.all).toFixed(1)}%, model card ${(100 * card.generated.all).toFixed(1)}%`);
+      const api = JSON.parse(
+        await runPython([evaluator, "--pairs", `${FIXTURES_DIR}/held_out.json`, "--images", dir]),
+      );
+      console.log(
+        `all attributes: API ${(100 * api.all).toFixed(1)}%, model card ${
+          (100 * card.generated.all).toFixed(1)
+        }%`,
+      );
       assert(Math.abs(api.all - card.generated.all) <= 0.03, JSON.stringify({ api, card: card.generated }));
     } finally {
       await Deno.remove(dir, { recursive: true });

@@ -1,6 +1,12 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { gaussianNoise } from "../pipeline/rng.ts";
-import { alphasCumprod, DdimScheduler, EulerScheduler, leadingTimesteps, type ScheduleConfig } from "../pipeline/scheduler.ts";
+import {
+  alphasCumprod,
+  DdimScheduler,
+  EulerScheduler,
+  leadingTimesteps,
+  type ScheduleConfig,
+} from "../pipeline/scheduler.ts";
 import { assertClose } from "./helpers.ts";
 
 const SD15: ScheduleConfig = {
@@ -14,7 +20,12 @@ const SD15: ScheduleConfig = {
 
 Deno.test("noise: same stream as training/noise.py and a standard normal", () => {
   // gaussian_noise(42, 4) printed by training/noise.py
-  assertEquals(Array.from(gaussianNoise(42, 4)), [-0.9561622142791748, 0.32207024097442627, -0.27302610874176025, -0.4946727454662323]);
+  assertEquals(Array.from(gaussianNoise(42, 4)), [
+    -0.9561622142791748,
+    0.32207024097442627,
+    -0.27302610874176025,
+    -0.4946727454662323,
+  ]);
   const n = gaussianNoise(7, 200_000);
   const mean = n.reduce((a, b) => a + b, 0) / n.length;
   const std = Math.sqrt(n.reduce((a, b) => a + (b - mean) ** 2, 0) / n.length);

@@ -3,7 +3,11 @@ export const PYTHON = "/usr/bin/python3";
 
 async function probe(): Promise<boolean> {
   try {
-    const { success } = await new Deno.Command(PYTHON, { args: ["-c", "import torch, onnx, numpy, PIL"], stdout: "null", stderr: "null" })
+    const { success } = await new Deno.Command(PYTHON, {
+      args: ["-c", "import torch, onnx, numpy, PIL"],
+      stdout: "null",
+      stderr: "null",
+    })
       .output();
     return success;
   } catch {
@@ -19,8 +23,16 @@ if (!pythonReady) {
 }
 
 export async function runPython(args: string[], cwd?: string): Promise<string> {
-  const out = await new Deno.Command(PYTHON, { args, cwd, stdout: "piped", stderr: "piped", env: { OPENBLAS_NUM_THREADS: "1" } }).output();
+  const out = await new Deno.Command(PYTHON, {
+    args,
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+    env: { OPENBLAS_NUM_THREADS: "1" },
+  }).output();
   const text = new TextDecoder().decode(out.stdout);
-  if (!out.success) throw new Error(`python ${args.join(" ")} failed:\n${new TextDecoder().decode(out.stderr)}\n${text}`);
+  if (!out.success) {
+    throw new Error(`python ${args.join(" ")} failed:\n${new TextDecoder().decode(out.stderr)}\n${text}`);
+  }
   return text;
 }

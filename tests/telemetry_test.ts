@@ -23,7 +23,11 @@ function startReceiver() {
     }
     return new Response("not found", { status: 404 });
   });
-  return { spans, url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`, close: () => server.shutdown() };
+  return {
+    spans,
+    url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`,
+    close: () => server.shutdown(),
+  };
 }
 
 const attr = (span: OtlpSpan, key: string) => {
@@ -35,7 +39,13 @@ Deno.test("telemetry: one /generate exports its span tree over OTLP to a loopbac
   const receiver = startReceiver();
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--unstable-no-legacy-abort", new URL("../main.ts", import.meta.url).pathname],
-    env: { PORT: "0", HOST: "127.0.0.1", MODEL: MODEL_DIR, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_SERVICE_NAME: "telemetry-test" },
+    env: {
+      PORT: "0",
+      HOST: "127.0.0.1",
+      MODEL: MODEL_DIR,
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_SERVICE_NAME: "telemetry-test",
+    },
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
@@ -44,7 +54,11 @@ Deno.test("telemetry: one /generate exports its span tree over OTLP to a loopbac
     let banner = "";
     while (!/http:\/\/\S+:\d+/.test(banner)) banner += (await reader.read()).value ?? "";
     const url = banner.match(/http:\/\/\S+:\d+/)![0];
-    const res = await post(`${url}/generate`, { prompt: "a small red circle on a blue background", steps: 4, seed: 1 });
+    const res = await post(`${url}/generate`, {
+      prompt: "a small red circle on a blue background",
+      steps: 4,
+      seed: 1,
+    });
     assertEquals(res.status, 200);
     await res.body?.cancel();
 

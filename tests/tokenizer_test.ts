@@ -13,7 +13,15 @@ Deno.test("tokenizer: SD 1.5's ids for a known prompt, BOS/EOS and EOS padding t
 });
 
 Deno.test("tokenizer: case, whitespace, punctuation and sub-word merges", () => {
-  assertEquals(tokenizer.encode("  A   Photograph, of AN astronaut! "), [320, 8853, 267, 539, 550, 18376, 256]);
+  assertEquals(tokenizer.encode("  A   Photograph, of AN astronaut! "), [
+    320,
+    8853,
+    267,
+    539,
+    550,
+    18376,
+    256,
+  ]);
   assertEquals(tokenizer.encode("smoothdiffusion").length > 1, true);
 });
 

@@ -19,7 +19,9 @@ export interface Fixture {
   [extra: string]: unknown;
 }
 
-export async function readFixture(dir: string): Promise<{ fixture: Fixture; tensor: (t: FixtureTensor) => ort.Tensor }> {
+export async function readFixture(
+  dir: string,
+): Promise<{ fixture: Fixture; tensor: (t: FixtureTensor) => ort.Tensor }> {
   const fixture: Fixture = JSON.parse(await Deno.readTextFile(`${dir}/fixture.json`));
   const blob = await Deno.readFile(`${dir}/fixture.bin`);
   const tensor = (t: FixtureTensor) => {
