@@ -8,9 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${NAME:-tiny-sd-shapes}
-WORK=${WORK:-$PWD/scratch/$NAME}
-OUT=${OUT:-models/$NAME}
-FIXTURES=${FIXTURES:-tests/fixtures/$NAME}
+WORK=$(realpath -m "${WORK:-scratch/$NAME}")
+OUT=$(realpath -m "${OUT:-models/$NAME}")
+FIXTURES=$(realpath -m "${FIXTURES:-tests/fixtures/$NAME}")
 VAE_STEPS=${VAE_STEPS:-2400}
 UNET_STEPS=${UNET_STEPS:-6000}
 COUNT=${COUNT:-30000}
@@ -28,8 +28,8 @@ fi
 cd training
 $PY train.py vae --work "$WORK" --steps "$VAE_STEPS" --count "$COUNT"
 $PY train.py unet --work "$WORK" --steps "$UNET_STEPS" --count "$COUNT"
-$PY export.py --work "$WORK" --out "../$OUT" --parity "../$FIXTURES/parity"
-$PY quality.py --work "$WORK" --out "../$OUT" --fixture "../$FIXTURES/ddim" --pairs "$PAIRS"
-$PY model_card.py --work "$WORK" --out "../$OUT"
+$PY export.py --work "$WORK" --out "$OUT" --parity "$FIXTURES/parity"
+$PY quality.py --work "$WORK" --out "$OUT" --fixture "$FIXTURES/ddim" --pairs "$PAIRS"
+$PY model_card.py --work "$WORK" --out "$OUT"
 cd ..
 deno task parity "$FIXTURES/parity" "$OUT"
