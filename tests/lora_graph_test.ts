@@ -1,0 +1,228 @@
+import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert/strict";
+import * as ort from "onnxruntime-node";
+import { addLoraInputs, findLoraTargets, type LoraTarget, mergeIntoWeights } from "../loras/graph_rewrite.ts";
+import { AdapterError, buildAdapter } from "../loras/adapter.ts";
+import { parseSafetensors, type Tensor, writeSafetensors } from "../loras/safetensors.ts";
+import { mapKeys } from "../loras/keys.ts";
+import { packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
+import { gaussianNoise } from "../pipeline/rng.ts";
+import { assertClose, MODEL_DIR } from "./helpers.ts";
+
+const unetBytes = await Deno.readFile(`${MODEL_DIR}/unet/model.onnx`);
+const targets = findLoraTargets(unetBytes);
+const targetMap = new Map(targets.map((t) => [t.module, t]));
+
+function randomLora(seed: number, rank: number, target: LoraTarget): { down: Tensor; up: Tensor } {
+  const down = gaussianNoise(seed, rank * target.inFeatures).map((v) => v * 0.2);
+  const up = gaussianNoise(seed + 1, target.outFeatures * rank).map((v) => v * 0.2);
+  return {
+    down: { shape: [rank, target.inFeatures], data: down },
+    up: { shape: [target.outFeatures, rank], data: up },
+  };
+}
+
+/** Adapter A: legacy attention-processor keys, rank 4, every target. */
+function legacyFile(): Uint8Array {
+  const tensors: Record<string, Tensor> = {};
+  targets.forEach((t, i) => {
+    const { down, up } = randomLora(100 + 2 * i, 4, t);
+    const [, prefix, proj] = /^(.*)\.(to_q|to_k|to_v|to_out\.0)$/.exec(t.module)!;
+    const name = proj === "to_out.0" ? "to_out" : proj;
+    tensors[`${prefix}.processor.${name}_lora.down.weight`] = down;
+    tensors[`${prefix}.processor.${name}_lora.up.weight`] = up;
+  });
+  return writeSafetensors(tensors);
+}
+
+/** Adapter B: PEFT keys with alpha 4 at rank 2 (factor 2), attn2 only. */
+function peftFile(): Uint8Array {
+  const tensors: Record<string, Tensor> = {};
+  targets.filter((t) => t.module.includes(".attn2.")).forEach((t, i) => {
+    const { down, up } = randomLora(500 + 2 * i, 2, t);
+    tensors[`unet.${t.module}.lora_A.weight`] = down;
+    tensors[`unet.${t.module}.lora_B.weight`] = up;
+    tensors[`unet.${t.module}.alpha`] = { shape: [], data: Float32Array.of(4) };
+  });
+  tensors["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"] = {
+    shape: [2, 4],
+    data: new Float32Array(8),
+  };
+  return writeSafetensors(tensors);
+}
+
+const source = (repo: string) => ({
+  repo,
+  file: "lora.safetensors",
+  revision: "main",
+  commit: "0".repeat(40),
+});
+const adapterA = buildAdapter(source("test/a"), legacyFile(), targetMap);
+const adapterB = buildAdapter(source("test/b"), peftFile(), targetMap);
+
+/** W' - W = scale * factor * up @ down, as a [out, in] matrix, per target. */
+function mergedDelta(parts: { file: Uint8Array; scale: number }[]) {
+  return (t: LoraTarget) => {
+    const delta = new Float32Array(t.outFeatures * t.inFeatures);
+    let touched = false;
+    for (const { file, scale } of parts) {
+      const mapped = mapKeys(parseSafetensors(file).tensors, targetMap.keys()).modules.get(t.module);
+      if (!mapped) continue;
+      touched = true;
+      const r = mapped.down.shape[0], factor = mapped.alpha === undefined ? 1 : mapped.alpha / r;
+      for (let o = 0; o < t.outFeatures; o++) {
+        for (let i = 0; i < t.inFeatures; i++) {
+          let sum = 0;
+          for (let k = 0; k < r; k++) {
+            sum += mapped.up.data[o * r + k] * mapped.down.data[k * t.inFeatures + i];
+          }
+          delta[o * t.inFeatures + i] += scale * factor * sum;
+        }
+      }
+    }
+    return touched ? delta : undefined;
+  };
+}
+
+function unetFeeds(rows: number): Record<string, ort.Tensor> {
+  return {
+    sample: new ort.Tensor("float32", gaussianNoise(1, rows * 256), [rows, 4, 8, 8]),
+    timestep: new ort.Tensor("int64", BigInt64Array.from({ length: rows }, (_, i) => BigInt(100 + 300 * i)), [
+      rows,
+    ]),
+    encoder_hidden_states: new ort.Tensor("float32", gaussianNoise(2, rows * 77 * 128), [rows, 77, 128]),
+  };
+}
+
+function row(feeds: Record<string, ort.Tensor>, index: number): Record<string, ort.Tensor> {
+  return Object.fromEntries(
+    Object.entries(feeds).map(([name, t]) => {
+      const size = t.data.length / t.dims[0];
+      return [
+        name,
+        new ort.Tensor(t.type, (t.data as Float32Array).slice(index * size, (index + 1) * size), [
+          1,
+          ...t.dims.slice(1),
+        ]),
+      ];
+    }),
+  );
+}
+
+async function runOut(
+  session: ort.InferenceSession,
+  feeds: Record<string, ort.Tensor>,
+): Promise<Float32Array> {
+  return (await session.run(feeds)).out_sample.data as Float32Array;
+}
+
+Deno.test("graph rewrite: LoRA inputs on every attention projection; zero adapters leave the output unchanged", async () => {
+  assertEquals(targets.length, 56);
+  assert(targets.every((t) => /attn[12]\.(to_q|to_k|to_v|to_out\.0)$/.test(t.module)));
+  const { model } = addLoraInputs(unetBytes);
+  const base = await ort.InferenceSession.create(unetBytes);
+  const lora = await ort.InferenceSession.create(model);
+  const feeds = unetFeeds(2);
+  const none = await runOut(lora, { ...feeds, ...packLoraFeeds(targets, [[], []]) });
+  assertEquals(Array.from(none), Array.from(await runOut(base, feeds)));
+  assertThrows(() => addLoraInputs(model), /already has LoRA inputs/);
+});
+
+Deno.test("per-row LoRA: a batch mixing none, A at 1 and B at 0.5 equals each row run alone on merged weights (1e-4)", async () => {
+  const lora = await ort.InferenceSession.create(addLoraInputs(unetBytes).model);
+  const rows: RowAdapters[] = [[], [{ adapter: adapterA, scale: 1 }], [{ adapter: adapterB, scale: 0.5 }], [
+    { adapter: adapterA, scale: 1 },
+    { adapter: adapterB, scale: 0.5 },
+  ]];
+  const feeds = unetFeeds(rows.length);
+  const batched = await runOut(lora, { ...feeds, ...packLoraFeeds(targets, rows) });
+  const references = [
+    unetBytes,
+    mergeIntoWeights(unetBytes, mergedDelta([{ file: legacyFile(), scale: 1 }])),
+    mergeIntoWeights(unetBytes, mergedDelta([{ file: peftFile(), scale: 0.5 }])),
+    mergeIntoWeights(
+      unetBytes,
+      mergedDelta([{ file: legacyFile(), scale: 1 }, { file: peftFile(), scale: 0.5 }]),
+    ),
+  ];
+  const size = batched.length / rows.length;
+  const base = await runOut(await ort.InferenceSession.create(unetBytes), row(feeds, 1));
+  for (let i = 0; i < rows.length; i++) {
+    const expected = await runOut(await ort.InferenceSession.create(references[i]), row(feeds, i));
+    assertClose(batched.subarray(i * size, (i + 1) * size), expected, 1e-4, `row ${i}`);
+  }
+  // The adapter really changes the prediction (so the comparison above can fail).
+  let change = 0;
+  for (let j = 0; j < size; j++) change = Math.max(change, Math.abs(batched[size + j] - base[j]));
+  assert(change > 1e-2, `adapter A changed the output by only ${change}`);
+});
+
+Deno.test("adapters: kohya keys map to the same modules; mismatches and foreign files are rejected with reasons", () => {
+  const kohya: Record<string, Tensor> = {};
+  const t = targets[0];
+  const { down, up } = randomLora(9, 2, t);
+  const base = `lora_unet_${t.module.replaceAll(".", "_")}`;
+  Object.assign(kohya, {
+    [`${base}.lora_down.weight`]: down,
+    [`${base}.lora_up.weight`]: up,
+    [`${base}.alpha`]: { shape: [], data: Float32Array.of(1) },
+  });
+  const adapter = buildAdapter(source("test/k"), writeSafetensors(kohya), targetMap);
+  assertEquals([adapter.format, [...adapter.modules.keys()]], ["kohya", [t.module]]);
+  assertClose(adapter.modules.get(t.module)!.upT.subarray(0, 1), [0.5 * up.data[0]], 1e-7, "alpha / rank");
+  assertEquals(adapterB.ignored.some((k) => k.startsWith("text_encoder")), true);
+
+  const wrongShape = writeSafetensors({
+    [`${t.module}.lora_A.weight`]: {
+      shape: [2, t.inFeatures + 1],
+      data: new Float32Array(2 * (t.inFeatures + 1)),
+    },
+    [`${t.module}.lora_B.weight`]: { shape: [t.outFeatures, 2], data: new Float32Array(2 * t.outFeatures) },
+  });
+  assertThrows(
+    () => buildAdapter(source("x/y"), wrongShape, targetMap),
+    (e) => e instanceof AdapterError && /do not fit/.test(e.message),
+  );
+  const foreign = writeSafetensors({
+    "model.layers.0.q_proj.lora_A.weight": { shape: [1, 1], data: new Float32Array(1) },
+  });
+  assertThrows(
+    () => buildAdapter(source("x/y"), foreign, targetMap),
+    (e) => e instanceof AdapterError && /matches no attention/.test(e.message),
+  );
+});
+
+Deno.test("safetensors: validates header, JSON, dtypes, shapes and offsets; reads F16 and BF16", () => {
+  const good = writeSafetensors({ w: { shape: [2], data: Float32Array.of(1.5, -2) } });
+  assertEquals(Array.from(parseSafetensors(good).tensors.get("w")!.data), [1.5, -2]);
+  const withHeader = (header: unknown, data = new Uint8Array(8)) => {
+    const json = new TextEncoder().encode(JSON.stringify(header));
+    const out = new Uint8Array(8 + json.length + data.length);
+    new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
+    out.set(json, 8);
+    out.set(data, 8 + json.length);
+    return out;
+  };
+  const bad: [Uint8Array, RegExp][] = [
+    [new Uint8Array(4), /shorter/],
+    [Uint8Array.of(255, 255, 255, 255, 0, 0, 0, 0, 1), /exceeds/],
+    [withHeader("[1]"), /JSON object|not valid/],
+    [withHeader({ w: { dtype: "I64", shape: [1], data_offsets: [0, 8] } }), /dtype/],
+    [withHeader({ w: { dtype: "F32", shape: [-1], data_offsets: [0, 4] } }), /shape/],
+    [withHeader({ w: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }), /outside/],
+    [withHeader({ w: { dtype: "F32", shape: [3], data_offsets: [0, 8] } }), /do not hold/],
+    [
+      withHeader({
+        a: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+        b: { dtype: "F32", shape: [1], data_offsets: [4, 8] },
+      }),
+      /overlaps/,
+    ],
+  ];
+  for (const [bytes, reason] of bad) assertThrows(() => parseSafetensors(bytes), reason);
+  const half = withHeader({
+    h: { dtype: "F16", shape: [2], data_offsets: [0, 4] },
+    b: { dtype: "BF16", shape: [2], data_offsets: [4, 8] },
+  }, Uint8Array.of(0x00, 0x3c, 0x00, 0xc0, 0x80, 0x3f, 0x40, 0xc0));
+  const parsed = parseSafetensors(half).tensors;
+  assertEquals([Array.from(parsed.get("h")!.data), Array.from(parsed.get("b")!.data)], [[1, -2], [1, -3]]);
+});
