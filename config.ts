@@ -26,6 +26,7 @@ const schema = z.object({
   HF_TOKEN: z.string().optional(),
   HF_HUB_CACHE: z.string().optional(),
   HF_HOME: z.string().optional(),
+  CACHE_DIR: z.string().optional(),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
   OTEL_SERVICE_NAME: z.string().default("smooth-diffusion-server"),
 });
@@ -45,6 +46,8 @@ export interface Config {
     maxBodyBytes: number;
   };
   hub: { endpoint: string; token?: string; cacheDir: string };
+  /** The server's own cache (the LoRA-rewritten UNet graphs). */
+  cacheDir: string;
   telemetry: { otlpEndpoint?: string; serviceName: string };
 }
 
@@ -71,6 +74,7 @@ export function loadConfig(env: Record<string, string | undefined> = Deno.env.to
       maxBodyBytes: e.MAX_BODY_BYTES,
     },
     hub: { endpoint: e.HF_ENDPOINT, token: e.HF_TOKEN, cacheDir: e.HF_HUB_CACHE ?? `${home}/hub` },
+    cacheDir: e.CACHE_DIR ?? `${env.XDG_CACHE_HOME ?? `${env.HOME ?? "."}/.cache`}/smooth-diffusion`,
     telemetry: { otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: e.OTEL_SERVICE_NAME },
   };
 }

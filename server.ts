@@ -17,6 +17,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   const model = await DiffusionModel.load(location.directory, location.name, {
     batch: config.batch,
     executionProviders: [config.executionProvider],
+    cacheDir: config.cacheDir,
   });
   let draining = false;
   const { app } = createApp({ model, config, ready: () => !draining });

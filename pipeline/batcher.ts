@@ -30,6 +30,8 @@ export interface CallOptions {
   span?: Span;
   /** A value recorded in the run's span, e.g. the timestep (set of distinct values). */
   tag?: number;
+  /** Per-row data for the run function that is not a tensor (e.g. each row's LoRA adapters). */
+  rowData?: readonly unknown[];
 }
 
 interface PendingCall extends CallOptions {
@@ -46,7 +48,8 @@ export interface RunStats {
   calls: number;
 }
 
-export type RunFn = (feeds: Feeds) => Promise<Feeds>;
+/** Runs the model on concatenated feeds; `rowData` lists each row's per-row data (or undefined). */
+export type RunFn = (feeds: Feeds, rowData: readonly unknown[]) => Promise<Feeds>;
 
 export class Batcher {
   readonly stats: RunStats = { runs: 0, rows: 0, calls: 0 };
@@ -129,8 +132,10 @@ export class Batcher {
       ...(tags.length ? { "batch.timesteps": tags.join(",") } : {}),
     }, links);
     try {
+      const rowData = batch.flatMap((c) => c.rowData ?? new Array(c.rows).fill(undefined));
       const outputs = await this.run(
         batch.length === 1 ? batch[0].feeds : concatFeeds(batch.map((c) => c.feeds)),
+        rowData,
       );
       this.stats.runs++;
       this.stats.rows += rows;

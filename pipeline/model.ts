@@ -8,6 +8,9 @@ import * as ort from "onnxruntime-node";
 import { Batcher, type BatchOptions, type CallOptions, type Feeds } from "./batcher.ts";
 import { ClipTokenizer } from "./tokenizer.ts";
 import type { ScheduleConfig } from "./scheduler.ts";
+import { loraGraph } from "../loras/graph_cache.ts";
+import type { LoraTarget } from "../loras/graph_rewrite.ts";
+import { compositionKey, packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
 
 export const VAE_FACTOR = 8;
 
@@ -27,6 +30,27 @@ export interface ModelInfo {
 export interface ModelOptions {
   batch: BatchOptions;
   executionProviders: string[];
+  /** Where the LoRA-rewritten UNet is cached. */
+  cacheDir: string;
+}
+
+/** Recently packed LoRA feeds by batch composition: consecutive steps of the same requests reuse them. */
+class PackedLoraCache {
+  #entries = new Map<string, Feeds>();
+  constructor(private readonly targets: LoraTarget[], private readonly capacity = 16) {}
+
+  feeds(rows: readonly RowAdapters[]): Feeds {
+    const key = compositionKey(rows);
+    let feeds = this.#entries.get(key);
+    if (feeds) {
+      this.#entries.delete(key);
+    } else {
+      feeds = packLoraFeeds(this.targets, rows);
+      if (this.#entries.size >= this.capacity) this.#entries.delete(this.#entries.keys().next().value!);
+    }
+    this.#entries.set(key, feeds);
+    return feeds;
+  }
 }
 
 async function readJson(path: string): Promise<any | undefined> {
@@ -67,6 +91,8 @@ export class DiffusionModel {
       vaeEncoder?: ort.InferenceSession;
     },
     readonly batchers: Record<"textEncoder" | "unet" | "vaeDecoder", Batcher> & { vaeEncoder?: Batcher },
+    /** The attention projections that take per-row LoRA inputs. */
+    readonly loraTargets: LoraTarget[],
   ) {}
 
   static async load(directory: string, name: string, options: ModelOptions): Promise<DiffusionModel> {
@@ -77,9 +103,10 @@ export class DiffusionModel {
     const open = (part: string) =>
       ort.InferenceSession.create(`${directory}/${part}/model.onnx`, sessionOptions);
     const hasEncoder = await exists(`${directory}/vae_encoder/model.onnx`);
+    const lora = await loraGraph(`${directory}/unet/model.onnx`, options.cacheDir);
     const [textEncoder, unet, vaeDecoder, vaeEncoder] = await Promise.all([
       open("text_encoder"),
-      open("unet"),
+      ort.InferenceSession.create(lora.path, sessionOptions),
       open("vae_decoder"),
       hasEncoder ? open("vae_encoder") : Promise.resolve(undefined),
     ]);
@@ -106,9 +133,15 @@ export class DiffusionModel {
       canEncodeImages: vaeEncoder !== undefined,
     };
     const runner = (s: ort.InferenceSession) => (feeds: Feeds) => s.run(feeds) as Promise<Feeds>;
+    const packed = new PackedLoraCache(lora.targets);
+    const runUnet = (feeds: Feeds, rowData: readonly unknown[]) =>
+      unet.run({
+        ...feeds,
+        ...packed.feeds(rowData.map((r) => (r as RowAdapters | undefined) ?? [])),
+      }) as Promise<Feeds>;
     const batchers = {
       textEncoder: new Batcher("text_encoder", runner(textEncoder), options.batch),
-      unet: new Batcher("unet", runner(unet), options.batch),
+      unet: new Batcher("unet", runUnet, options.batch),
       vaeDecoder: new Batcher("vae_decoder", runner(vaeDecoder), options.batch),
       vaeEncoder: vaeEncoder && new Batcher("vae_encoder", runner(vaeEncoder), options.batch),
     };
@@ -119,6 +152,7 @@ export class DiffusionModel {
       schedule,
       { textEncoder, unet, vaeDecoder, vaeEncoder },
       batchers,
+      lora.targets,
     );
   }
 
@@ -144,7 +178,7 @@ export class DiffusionModel {
     shape: { rows: number; height: number; width: number },
     timestep: number,
     embeddings: Float32Array,
-    options: CallOptions = {},
+    options: CallOptions & { adapters?: readonly RowAdapters[] } = {},
   ): Promise<Float32Array> {
     const { rows, height, width } = shape;
     const c = this.info.latentChannels;
@@ -164,7 +198,12 @@ export class DiffusionModel {
       ]),
     };
     const key = this.info.perRowTimestep ? `${height}x${width}` : `${height}x${width}@${timestep}`;
-    const out = await this.batchers.unet.submit(feeds, { ...options, key, tag: timestep });
+    const out = await this.batchers.unet.submit(feeds, {
+      ...options,
+      key,
+      tag: timestep,
+      rowData: options.adapters,
+    });
     return out[this.sessions.unet.outputNames[0]].data as Float32Array;
   }
 

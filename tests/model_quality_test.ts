@@ -7,7 +7,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { checkParity, readFixture } from "../tools/parity.ts";
 import { DiffusionModel } from "../pipeline/model.ts";
 import { decodeToImages, denoise, initialNoise } from "../pipeline/generate.ts";
-import { assertClose, FIXTURES_DIR, MODEL_DIR, post, withServer } from "./helpers.ts";
+import { assertClose, FIXTURES_DIR, MODEL_DIR, post, testConfig, withServer } from "./helpers.ts";
 import { pythonReady, runPython } from "./python.ts";
 
 Deno.test("parity: every ONNX graph matches torch to 1e-4", async () => {
@@ -22,6 +22,7 @@ Deno.test("DDIM: the server's loop matches the Python reference sampler to 1e-4 
   const model = await DiffusionModel.load(MODEL_DIR, "test", {
     batch: { enabled: true, maxRows: 64, maxWaitMs: 0 },
     executionProviders: ["cpu"],
+    cacheDir: testConfig().cacheDir,
   });
   try {
     const shape = { rows: 1, height: 8, width: 8 };
