@@ -8,6 +8,8 @@ const flag = (fallback: boolean) =>
   );
 
 export const EMBEDDED_MODEL_DIR = new URL("./models/tiny-sd-shapes", import.meta.url).pathname;
+/** The Hub cache this repository ships (adapters usable with no network). */
+export const BUNDLED_HUB_CACHE = new URL("./models/hub-cache", import.meta.url).pathname;
 
 const schema = z.object({
   PORT: integer(8000),
@@ -27,6 +29,13 @@ const schema = z.object({
   HF_HUB_CACHE: z.string().optional(),
   HF_HOME: z.string().optional(),
   CACHE_DIR: z.string().optional(),
+  HF_HUB_OFFLINE: flag(false),
+  HUB_TIMEOUT_MS: integer(60_000, 1),
+  LORA_MAX_BYTES: integer(512 * 1024 * 1024, 1),
+  LORA_CACHE_BYTES: integer(1024 * 1024 * 1024, 1),
+  LORA_ALLOWLIST: z.string().default(""),
+  LORA_REVISION_TTL_S: integer(60),
+  LORA_BUNDLED_CACHE: z.string().optional(),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
   OTEL_SERVICE_NAME: z.string().default("smooth-diffusion-server"),
 });
@@ -45,7 +54,14 @@ export interface Config {
     maxImages: number;
     maxBodyBytes: number;
   };
-  hub: { endpoint: string; token?: string; cacheDir: string };
+  hub: { endpoint: string; token?: string; cacheDir: string; offline: boolean; timeoutMs: number };
+  adapters: {
+    maxBytes: number;
+    memoryBytes: number;
+    allowlist: string[];
+    bundledCacheDirs: string[];
+    revisionTtlMs: number;
+  };
   /** The server's own cache (the LoRA-rewritten UNet graphs). */
   cacheDir: string;
   telemetry: { otlpEndpoint?: string; serviceName: string };
@@ -73,7 +89,20 @@ export function loadConfig(env: Record<string, string | undefined> = Deno.env.to
       maxImages: e.MAX_IMAGES,
       maxBodyBytes: e.MAX_BODY_BYTES,
     },
-    hub: { endpoint: e.HF_ENDPOINT, token: e.HF_TOKEN, cacheDir: e.HF_HUB_CACHE ?? `${home}/hub` },
+    hub: {
+      endpoint: e.HF_ENDPOINT,
+      token: e.HF_TOKEN,
+      cacheDir: e.HF_HUB_CACHE ?? `${home}/hub`,
+      offline: e.HF_HUB_OFFLINE,
+      timeoutMs: e.HUB_TIMEOUT_MS,
+    },
+    adapters: {
+      maxBytes: e.LORA_MAX_BYTES,
+      memoryBytes: e.LORA_CACHE_BYTES,
+      allowlist: e.LORA_ALLOWLIST.split(",").map((p) => p.trim()).filter(Boolean),
+      bundledCacheDirs: (e.LORA_BUNDLED_CACHE ?? BUNDLED_HUB_CACHE).split(",").filter(Boolean),
+      revisionTtlMs: e.LORA_REVISION_TTL_S * 1000,
+    },
     cacheDir: e.CACHE_DIR ?? `${env.XDG_CACHE_HOME ?? `${env.HOME ?? "."}/.cache`}/smooth-diffusion`,
     telemetry: { otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: e.OTEL_SERVICE_NAME },
   };

@@ -3,11 +3,13 @@ import { createApp } from "./routes/app.ts";
 import { DiffusionModel } from "./pipeline/model.ts";
 import { resolveModel } from "./pipeline/model_source.ts";
 import { setupTelemetry } from "./telemetry.ts";
+import { AdapterRegistry } from "./loras/registry.ts";
 import type { Config } from "./config.ts";
 
 export interface RunningServer {
   url: string;
   model: DiffusionModel;
+  adapters: AdapterRegistry;
   close(): Promise<void>;
 }
 
@@ -19,8 +21,13 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     executionProviders: [config.executionProvider],
     cacheDir: config.cacheDir,
   });
+  const adapters = new AdapterRegistry(new Map(model.loraTargets.map((t) => [t.module, t])), {
+    ...config.hub,
+    ...config.adapters,
+    maxAdapterBytes: config.adapters.maxBytes,
+  });
   let draining = false;
-  const { app } = createApp({ model, config, ready: () => !draining });
+  const { app } = createApp({ model, adapters, config, ready: () => !draining });
   const server = Deno.serve({
     port: config.port,
     hostname: config.host,
@@ -32,6 +39,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   return {
     url: `http://${hostname === "0.0.0.0" ? "127.0.0.1" : hostname}:${port}`,
     model,
+    adapters,
     async close() {
       draining = true;
       await server.shutdown();

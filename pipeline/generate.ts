@@ -7,6 +7,7 @@ import { createScheduler, type SchedulerName } from "./scheduler.ts";
 import { gaussianNoise } from "./rng.ts";
 import { pixelsToRgb, type RgbImage } from "./image.ts";
 import { inSpan, type Span } from "../telemetry.ts";
+import type { RowAdapters } from "../loras/pack.ts";
 
 export interface TaskContext {
   signal?: AbortSignal;
@@ -24,6 +25,8 @@ export interface GenerateParams {
   seed: number;
   scheduler: SchedulerName;
   numImages: number;
+  /** LoRA adapters applied to every image of the request. */
+  adapters: RowAdapters;
 }
 
 export interface Timings {
@@ -78,6 +81,8 @@ export interface DenoiseParams {
   steps: number;
   scheduler: SchedulerName;
   guidanceScale: number;
+  /** LoRA adapters applied to every row. */
+  adapters: RowAdapters;
   /** Text embeddings per image ([rows, 77, hidden]) for each step index: lets editing switch prompts. */
   conditioning: (stepIndex: number) => { cond: Float32Array; uncond: Float32Array };
 }
@@ -94,6 +99,7 @@ export async function denoise(
   const { shape, guidanceScale } = params;
   const scheduler = createScheduler(params.scheduler, model.schedule, params.steps);
   const guided = guidanceScale !== 1;
+  const rowAdapters = new Array<RowAdapters>(guided ? 2 * shape.rows : shape.rows).fill(params.adapters);
   let latents: Float32Array = params.latents.map((v) => v * scheduler.initNoiseSigma);
   const total = scheduler.timesteps.length;
   for (let i = 0; i < total; i++) {
@@ -107,7 +113,7 @@ export async function denoise(
       { ...shape, rows },
       t,
       guided ? concat(uncond, cond) : cond,
-      { signal: ctx.signal, span: ctx.span },
+      { signal: ctx.signal, span: ctx.span, adapters: rowAdapters },
     );
     let guidedEps = eps;
     if (guided) {
@@ -177,6 +183,7 @@ export async function generate(
         steps: params.steps,
         scheduler: params.scheduler,
         guidanceScale: params.guidanceScale,
+        adapters: params.adapters,
         conditioning: () => ({ cond, uncond }),
       }, ctx), { steps: params.steps, scheduler: params.scheduler }));
   const images = await timed(timings, "decode_ms", () => decodeToImages(model, latents, shape, ctx));

@@ -8,6 +8,7 @@ import { generateRequestSchema } from "./schemas.ts";
 import { handleGenerate } from "./generate.ts";
 import { apiReferenceHtml, openApiDocument } from "./openapi.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
+import type { AdapterRegistry } from "../loras/registry.ts";
 import type { Config } from "../config.ts";
 import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
@@ -16,6 +17,7 @@ type Env = { Variables: { span: Span } };
 
 export interface AppServices {
   model: DiffusionModel;
+  adapters: AdapterRegistry;
   config: Config;
   /** Readiness: false while the server drains. */
   ready: () => boolean;
@@ -82,7 +84,7 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
 
   app.post("/generate", async (c) => {
     const body = await validate(schemas.generate, await readJson(c), c.var.span);
-    return handleGenerate(c, model, body, c.var.span, admission);
+    return handleGenerate(c, model, body, c.var.span, admission, services.adapters);
   });
 
   const health = (c: any) => {
@@ -111,7 +113,8 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
           per_row_timestep: model.info.perRowTimestep,
           schedulers: ["ddim", "euler"],
         },
-        adapters: [],
+        lora_targets: model.loraTargets.length,
+        adapters: services.adapters.loaded(),
       }],
     }));
 

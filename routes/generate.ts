@@ -4,6 +4,8 @@ import { streamSSE } from "hono/streaming";
 import { encodeBase64 } from "./base64.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
+import { type ResolvedAdapters, resolveAdapters } from "./adapters.ts";
+import type { AdapterRegistry } from "../loras/registry.ts";
 import type { GenerateRequest } from "./schemas.ts";
 import { generate, type GenerateResult } from "../pipeline/generate.ts";
 import { encodeImage, MIME_TYPES, type OutputFormat } from "../pipeline/image.ts";
@@ -47,9 +49,21 @@ export async function handleGenerate(
   body: GenerateRequest,
   span: Span,
   admission: Admission,
+  registry: AdapterRegistry,
 ) {
   const reply = negotiate(c.req.header("accept"), body.num_images);
-  const release = admission.acquire();
+  const leave = admission.acquire();
+  let adapters: ResolvedAdapters;
+  try {
+    adapters = await resolveAdapters(registry, body.lora, span);
+  } catch (error) {
+    leave();
+    throw error;
+  }
+  const release = () => {
+    adapters.release();
+    leave();
+  };
   const seed = body.seed ?? randomSeed();
   const params = {
     prompt: body.prompt,
@@ -61,8 +75,10 @@ export async function handleGenerate(
     seed,
     scheduler: body.scheduler,
     numImages: body.num_images,
+    adapters: adapters.applied,
   };
-  const parameters = { ...body, seed };
+  const { lora: _lora, ...echoed } = body;
+  const parameters = { ...echoed, seed, ...(adapters.report.length ? { lora: adapters.report } : {}) };
   const signal = c.req.raw.signal;
   const format = reply === "json" || reply === "sse" ? body.output_format : reply;
 

@@ -10,6 +10,23 @@ export interface Limits {
   maxImages: number;
 }
 
+const REPO_ID = /^[A-Za-z0-9][\w.-]{0,95}\/[A-Za-z0-9][\w.-]{0,95}$/;
+const REVISION = /^[\w.-]+(\/[\w.-]+)*$/;
+const RELATIVE_FILE = /^(?!\/)(?!.*(^|\/)\.\.?(\/|$))(?!.*:\/\/)[\w.\/-]+\.safetensors$/;
+
+export const loraSpecSchema = z.object({
+  repo: z.string().regex(REPO_ID, { message: "must be a Hugging Face repo id: org/name" }),
+  file: z.string().max(256).regex(RELATIVE_FILE, {
+    message: "must be a relative path to a .safetensors file in the repo (no '..', no URL)",
+  }).optional(),
+  revision: z.string().max(128).regex(REVISION, { message: "must be a branch, tag or commit" })
+    .refine((r) => !r.split("/").includes(".."), { message: "must not contain '..'" }).default("main"),
+  scale: z.number().min(-8).max(8).default(1),
+}).strict();
+
+export const loraFieldSchema = z.union([loraSpecSchema, z.array(loraSpecSchema).min(1).max(4)]).optional()
+  .describe("One LoRA adapter from the Hugging Face Hub, or a list of up to 4 to stack.");
+
 const side = z.number().int().min(8).max(4096).multipleOf(8, { message: "must be a multiple of 8" });
 
 export interface NativeSize {
@@ -37,6 +54,7 @@ export function generateRequestSchema(limits: Limits, native: NativeSize) {
     scheduler: z.enum(SCHEDULER_NAMES).default("ddim"),
     num_images: z.number().int().min(1).max(limits.maxImages).default(1),
     output_format: z.enum(OUTPUT_FORMATS).default("png"),
+    lora: loraFieldSchema,
   }).strict().superRefine((body, ctx) => {
     const pixels = body.width * body.height * body.num_images;
     if (pixels > limits.maxPixels) {

@@ -36,6 +36,7 @@ Deno.test("DDIM: the server's loop matches the Python reference sampler to 1e-4 
       steps: fixture.steps as number,
       scheduler: "ddim",
       guidanceScale: fixture.guidance as number,
+      adapters: [],
       conditioning: () => ({ cond: both.subarray(0, half), uncond: both.subarray(half) }),
     }, {});
     assertClose(latent, tensor(io.outputs[0]).data as Float32Array, 1e-4, "x_0");

@@ -1,0 +1,53 @@
+/** Resolves a request's `lora` field through the adapter registry, mapping failures to API errors. */
+import type { z } from "zod";
+import { ApiError } from "./errors.ts";
+import type { loraFieldSchema } from "./schemas.ts";
+import { type AdapterRegistry, RegistryError, type RegistryErrorCode } from "../loras/registry.ts";
+import { AdapterError } from "../loras/adapter.ts";
+import type { AppliedAdapter } from "../loras/pack.ts";
+import { inSpan, type Span } from "../telemetry.ts";
+
+const STATUS: Record<RegistryErrorCode, 403 | 404 | 413 | 422 | 502 | 504> = {
+  adapter_not_allowed: 403,
+  adapter_forbidden: 403,
+  adapter_not_found: 404,
+  adapter_not_cached: 404,
+  adapter_too_large: 413,
+  adapter_file_ambiguous: 422,
+  hub_unavailable: 502,
+  hub_timeout: 504,
+};
+
+export interface ResolvedAdapters {
+  applied: AppliedAdapter[];
+  release: () => void;
+  /** What the response reports: each adapter with its resolved commit. */
+  report: { repo: string; file: string; revision: string; commit: string; scale: number; format: string }[];
+}
+
+export async function resolveAdapters(
+  registry: AdapterRegistry,
+  lora: z.infer<typeof loraFieldSchema>,
+  span: Span,
+): Promise<ResolvedAdapters> {
+  const specs = lora === undefined ? [] : Array.isArray(lora) ? lora : [lora];
+  if (specs.length === 0) return { applied: [], release: () => {}, report: [] };
+  return await inSpan("adapter.resolve", span, async () => {
+    try {
+      const { applied, release } = await registry.acquire(specs);
+      const report = applied.map(({ adapter, scale }) => ({
+        repo: adapter.source.repo,
+        file: adapter.source.file,
+        revision: adapter.source.revision,
+        commit: adapter.source.commit,
+        scale,
+        format: adapter.format,
+      }));
+      return { applied, release, report };
+    } catch (error) {
+      if (error instanceof RegistryError) throw new ApiError(STATUS[error.code], error.code, error.message, "lora");
+      if (error instanceof AdapterError) throw new ApiError(422, error.code, error.message, "lora");
+      throw error;
+    }
+  }, { adapters: specs.length });
+}
