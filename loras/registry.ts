@@ -57,7 +57,9 @@ interface Entry {
 const COMMIT = /^[0-9a-f]{40}$/;
 
 function globToRegExp(glob: string): RegExp {
-  return new RegExp(`^${glob.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join("[^/]*")}$`);
+  return new RegExp(
+    `^${glob.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join("[^/]*")}$`,
+  );
 }
 
 function repoFolder(repo: string): string {
@@ -101,7 +103,16 @@ export class AdapterRegistry {
     return this.#bytes;
   }
 
-  loaded(): { id: string; repo: string; file: string; commit: string; format: string; rank: number; bytes: number; in_use: number }[] {
+  loaded(): {
+    id: string;
+    repo: string;
+    file: string;
+    commit: string;
+    format: string;
+    rank: number;
+    bytes: number;
+    in_use: number;
+  }[] {
     return [...this.#entries.values()].map(({ adapter: a, users }) => ({
       id: a.id,
       repo: a.source.repo,
@@ -140,7 +151,10 @@ export class AdapterRegistry {
 
   async #get(spec: AdapterSpec): Promise<Adapter> {
     if (this.#allow.length && !this.#allow.some((re) => re.test(spec.repo))) {
-      throw new RegistryError("adapter_not_allowed", `${spec.repo} is not in this server's adapter allowlist`);
+      throw new RegistryError(
+        "adapter_not_allowed",
+        `${spec.repo} is not in this server's adapter allowlist`,
+      );
     }
     const key = `${spec.repo}@${spec.revision}:${spec.file ?? ""}`;
     const known = this.#resolved.get(key);
@@ -164,11 +178,17 @@ export class AdapterRegistry {
   }
 
   async #load(spec: AdapterSpec): Promise<Adapter> {
-    const local = await this.#fromCaches(spec, [...this.options.bundledCacheDirs, ...(this.options.offline ? [this.options.cacheDir] : [])]);
+    const local = await this.#fromCaches(spec, [
+      ...this.options.bundledCacheDirs,
+      ...(this.options.offline ? [this.options.cacheDir] : []),
+    ]);
     let located = local;
     if (!located) {
       if (this.options.offline) {
-        throw new RegistryError("adapter_not_cached", `${spec.repo}@${spec.revision} is not in the Hub cache and HF_HUB_OFFLINE is set`);
+        throw new RegistryError(
+          "adapter_not_cached",
+          `${spec.repo}@${spec.revision} is not in the Hub cache and HF_HUB_OFFLINE is set`,
+        );
       }
       try {
         located = await this.#download(spec);
@@ -185,9 +205,16 @@ export class AdapterRegistry {
     if (existing) return existing.adapter;
     const bytes = await Deno.readFile(located.path);
     if (bytes.length > this.options.maxAdapterBytes) {
-      throw new RegistryError("adapter_too_large", `${located.file} is ${bytes.length} bytes; the limit is ${this.options.maxAdapterBytes}`);
+      throw new RegistryError(
+        "adapter_too_large",
+        `${located.file} is ${bytes.length} bytes; the limit is ${this.options.maxAdapterBytes}`,
+      );
     }
-    const adapter = buildAdapter({ repo: spec.repo, file: located.file, revision: spec.revision, commit: located.commit }, bytes, this.targets);
+    const adapter = buildAdapter(
+      { repo: spec.repo, file: located.file, revision: spec.revision, commit: located.commit },
+      bytes,
+      this.targets,
+    );
     this.#entries.set(adapter.id, { adapter, users: 0 });
     this.#bytes += adapter.bytes;
     this.#evict();
@@ -204,10 +231,15 @@ export class AdapterRegistry {
   }
 
   /** A snapshot in a Hub cache: commit from the revision itself or from refs/<revision>. */
-  async #fromCaches(spec: AdapterSpec, caches: string[]): Promise<{ path: string; commit: string; file: string } | undefined> {
+  async #fromCaches(
+    spec: AdapterSpec,
+    caches: string[],
+  ): Promise<{ path: string; commit: string; file: string } | undefined> {
     for (const cache of caches) {
       const root = join(cache, repoFolder(spec.repo));
-      const commit = COMMIT.test(spec.revision) ? spec.revision : await readText(join(root, "refs", spec.revision));
+      const commit = COMMIT.test(spec.revision)
+        ? spec.revision
+        : await readText(join(root, "refs", spec.revision));
       if (!commit) continue;
       const snapshot = join(root, "snapshots", commit);
       let file = spec.file;
@@ -250,14 +282,21 @@ export class AdapterRegistry {
         file = await chooseFile(names, spec.repo);
       }
       const [info] = await pathsInfo({ ...common, paths: [file], expand: true });
-      if (!info) throw new RegistryError("adapter_not_found", `${spec.repo}@${spec.revision} has no file ${file}`);
+      if (!info) {
+        throw new RegistryError("adapter_not_found", `${spec.repo}@${spec.revision} has no file ${file}`);
+      }
       if (info.size > this.options.maxAdapterBytes) {
-        throw new RegistryError("adapter_too_large", `${file} is ${info.size} bytes; the limit is ${this.options.maxAdapterBytes}`);
+        throw new RegistryError(
+          "adapter_too_large",
+          `${file} is ${info.size} bytes; the limit is ${this.options.maxAdapterBytes}`,
+        );
       }
       this.stats.downloads++;
       const path = await downloadFileToCacheDir({ ...common, path: file });
       const commit = info.lastCommit?.id ?? path.split("/snapshots/")[1]?.split("/")[0];
-      if (!commit || !COMMIT.test(commit)) throw new RegistryError("hub_unavailable", `the hub gave no commit for ${spec.repo}`);
+      if (!commit || !COMMIT.test(commit)) {
+        throw new RegistryError("hub_unavailable", `the hub gave no commit for ${spec.repo}`);
+      }
       if (!COMMIT.test(spec.revision)) {
         // @huggingface/hub does not record refs; do it so the cache serves this revision offline.
         const refs = join(this.options.cacheDir, repoFolder(spec.repo), "refs");
@@ -276,11 +315,20 @@ export class AdapterRegistry {
     const name = `${spec.repo}@${spec.revision}${spec.file ? `:${spec.file}` : ""}`;
     if (status === 404) return new RegistryError("adapter_not_found", `${name} was not found on the hub`);
     if (status === 401 || status === 403) {
-      return new RegistryError("adapter_forbidden", `the hub refused access to ${spec.repo} (the server's HF_TOKEN is missing or lacks access)`);
+      return new RegistryError(
+        "adapter_forbidden",
+        `the hub refused access to ${spec.repo} (the server's HF_TOKEN is missing or lacks access)`,
+      );
     }
     if (error instanceof DOMException && (error.name === "TimeoutError" || error.name === "AbortError")) {
-      return new RegistryError("hub_timeout", `the hub did not answer within ${this.options.timeoutMs} ms for ${name}`);
+      return new RegistryError(
+        "hub_timeout",
+        `the hub did not answer within ${this.options.timeoutMs} ms for ${name}`,
+      );
     }
-    return new RegistryError("hub_unavailable", `the hub failed for ${name}: ${status ? `status ${status}` : (error as Error).message}`);
+    return new RegistryError(
+      "hub_unavailable",
+      `the hub failed for ${name}: ${status ? `status ${status}` : (error as Error).message}`,
+    );
   }
 }

@@ -45,7 +45,9 @@ export async function resolveAdapters(
       }));
       return { applied, release, report };
     } catch (error) {
-      if (error instanceof RegistryError) throw new ApiError(STATUS[error.code], error.code, error.message, "lora");
+      if (error instanceof RegistryError) {
+        throw new ApiError(STATUS[error.code], error.code, error.message, "lora");
+      }
       if (error instanceof AdapterError) throw new ApiError(422, error.code, error.message, "lora");
       throw error;
     }

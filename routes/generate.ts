@@ -4,7 +4,7 @@ import { streamSSE } from "hono/streaming";
 import { encodeBase64 } from "./base64.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
-import { type ResolvedAdapters, resolveAdapters } from "./adapters.ts";
+import { resolveAdapters, type ResolvedAdapters } from "./adapters.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
 import type { GenerateRequest } from "./schemas.ts";
 import { generate, type GenerateResult } from "../pipeline/generate.ts";

@@ -2,52 +2,33 @@ import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows }
 import * as ort from "onnxruntime-node";
 import { addLoraInputs, findLoraTargets, type LoraTarget, mergeIntoWeights } from "../loras/graph_rewrite.ts";
 import { AdapterError, buildAdapter } from "../loras/adapter.ts";
-import { parseSafetensors, type Tensor, writeSafetensors } from "../loras/safetensors.ts";
+import { parseSafetensors, writeSafetensors } from "../loras/safetensors.ts";
 import { mapKeys } from "../loras/keys.ts";
 import { packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
 import { gaussianNoise } from "../pipeline/rng.ts";
+import { randomAdapter } from "../tools/random_adapter.ts";
 import { assertClose, MODEL_DIR } from "./helpers.ts";
 
 const unetBytes = await Deno.readFile(`${MODEL_DIR}/unet/model.onnx`);
 const targets = findLoraTargets(unetBytes);
 const targetMap = new Map(targets.map((t) => [t.module, t]));
 
-function randomLora(seed: number, rank: number, target: LoraTarget): { down: Tensor; up: Tensor } {
-  const down = gaussianNoise(seed, rank * target.inFeatures).map((v) => v * 0.2);
-  const up = gaussianNoise(seed + 1, target.outFeatures * rank).map((v) => v * 0.2);
-  return {
-    down: { shape: [rank, target.inFeatures], data: down },
-    up: { shape: [target.outFeatures, rank], data: up },
-  };
-}
-
 /** Adapter A: legacy attention-processor keys, rank 4, every target. */
-function legacyFile(): Uint8Array {
-  const tensors: Record<string, Tensor> = {};
-  targets.forEach((t, i) => {
-    const { down, up } = randomLora(100 + 2 * i, 4, t);
-    const [, prefix, proj] = /^(.*)\.(to_q|to_k|to_v|to_out\.0)$/.exec(t.module)!;
-    const name = proj === "to_out.0" ? "to_out" : proj;
-    tensors[`${prefix}.processor.${name}_lora.down.weight`] = down;
-    tensors[`${prefix}.processor.${name}_lora.up.weight`] = up;
-  });
-  return writeSafetensors(tensors);
-}
-
-/** Adapter B: PEFT keys with alpha 4 at rank 2 (factor 2), attn2 only. */
+const legacyFile = () => randomAdapter(targets, { seed: 100, rank: 4, format: "legacy-attention-processor" });
+/** Adapter B: PEFT keys with alpha 4 at rank 2 (factor 2), attn2 only, plus a text-encoder key. */
 function peftFile(): Uint8Array {
-  const tensors: Record<string, Tensor> = {};
-  targets.filter((t) => t.module.includes(".attn2.")).forEach((t, i) => {
-    const { down, up } = randomLora(500 + 2 * i, 2, t);
-    tensors[`unet.${t.module}.lora_A.weight`] = down;
-    tensors[`unet.${t.module}.lora_B.weight`] = up;
-    tensors[`unet.${t.module}.alpha`] = { shape: [], data: Float32Array.of(4) };
-  });
-  tensors["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"] = {
+  const file = parseSafetensors(randomAdapter(targets, {
+    seed: 500,
+    rank: 2,
+    format: "diffusers-peft",
+    alpha: 4,
+    only: (t) => t.module.includes(".attn2."),
+  })).tensors;
+  file.set("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight", {
     shape: [2, 4],
     data: new Float32Array(8),
-  };
-  return writeSafetensors(tensors);
+  });
+  return writeSafetensors(Object.fromEntries(file));
 }
 
 const source = (repo: string) => ({
@@ -157,16 +138,12 @@ Deno.test("per-row LoRA: a batch mixing none, A at 1 and B at 0.5 equals each ro
 });
 
 Deno.test("adapters: kohya keys map to the same modules; mismatches and foreign files are rejected with reasons", () => {
-  const kohya: Record<string, Tensor> = {};
   const t = targets[0];
-  const { down, up } = randomLora(9, 2, t);
-  const base = `lora_unet_${t.module.replaceAll(".", "_")}`;
-  Object.assign(kohya, {
-    [`${base}.lora_down.weight`]: down,
-    [`${base}.lora_up.weight`]: up,
-    [`${base}.alpha`]: { shape: [], data: Float32Array.of(1) },
-  });
-  const adapter = buildAdapter(source("test/k"), writeSafetensors(kohya), targetMap);
+  const kohya = randomAdapter(targets, { seed: 9, rank: 2, format: "kohya", alpha: 1, only: (x) => x === t });
+  const up = parseSafetensors(kohya).tensors.get(
+    `lora_unet_${t.module.replaceAll(".", "_")}.lora_up.weight`,
+  )!;
+  const adapter = buildAdapter(source("test/k"), kohya, targetMap);
   assertEquals([adapter.format, [...adapter.modules.keys()]], ["kohya", [t.module]]);
   assertClose(adapter.modules.get(t.module)!.upT.subarray(0, 1), [0.5 * up.data[0]], 1e-7, "alpha / rank");
   assertEquals(adapterB.ignored.some((k) => k.startsWith("text_encoder")), true);
