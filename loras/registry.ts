@@ -74,7 +74,7 @@ async function readText(path: string): Promise<string | undefined> {
   }
 }
 
-async function chooseFile(files: string[], repo: string): Promise<string> {
+function chooseFile(files: string[], repo: string): string {
   const candidates = files.filter((f) => f.endsWith(".safetensors"));
   const preferred = candidates.find((f) => basename(f) === "pytorch_lora_weights.safetensors");
   if (preferred) return preferred;
@@ -250,7 +250,7 @@ export class AdapterRegistry {
         } catch {
           continue;
         }
-        file = await chooseFile(names, spec.repo);
+        file = chooseFile(names, spec.repo);
       }
       try {
         await Deno.stat(join(snapshot, file));
@@ -279,7 +279,7 @@ export class AdapterRegistry {
       if (!file) {
         const names: string[] = [];
         for await (const entry of listFiles(common)) if (entry.type === "file") names.push(entry.path);
-        file = await chooseFile(names, spec.repo);
+        file = chooseFile(names, spec.repo);
       }
       const [info] = await pathsInfo({ ...common, paths: [file], expand: true });
       if (!info) {
