@@ -11,6 +11,7 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../config.ts";
 import { startServer } from "../server.ts";
 import { gaussianNoise } from "../pipeline/rng.ts";
+import { packLoraFeeds } from "../loras/pack.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -102,9 +103,7 @@ const servers = {
     { quiet: true },
   ),
 };
-const unet = await ort.InferenceSession.create(`${modelDir}/unet/model.onnx`, {
-  graphOptimizationLevel: "all",
-});
+const unet = servers.batched.model.sessions.unet;
 const hidden = servers.batched.model.info.hiddenSize;
 
 const rows: string[] = [];
@@ -131,7 +130,6 @@ for (const level of levels) {
 }
 await servers.batched.close();
 await servers.unbatched.close();
-await unet.release();
 
 console.log(
   `\nPOST /generate, ${steps} DDIM steps, guidance 7.5, 64x64, ${modelDir.split("/").pop()}; ` +
