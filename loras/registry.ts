@@ -138,14 +138,14 @@ export class AdapterRegistry {
     try {
       for (const spec of specs) {
         const adapter = await this.#get(spec);
-        const entry = this.#entries.get(adapter.id)!;
-        entry.users++;
+        this.#pin(adapter);
         adapters.push(adapter);
       }
     } catch (error) {
       release();
       throw error;
     }
+    this.#evict();
     return { applied: adapters.map((adapter, i) => ({ adapter, scale: specs[i].scale })), release };
   }
 
@@ -219,6 +219,17 @@ export class AdapterRegistry {
     this.#bytes += adapter.bytes;
     this.#evict();
     return adapter;
+  }
+
+  /** Marks the adapter in use, (re)entering it in the cache if it is not there. */
+  #pin(adapter: Adapter): void {
+    let entry = this.#entries.get(adapter.id);
+    if (!entry) {
+      entry = { adapter, users: 0 };
+      this.#entries.set(adapter.id, entry);
+      this.#bytes += adapter.bytes;
+    }
+    entry.users++;
   }
 
   #evict(): void {

@@ -235,3 +235,34 @@ Deno.test("adapters: the hub going down mid-download gives a clear 502, leaves n
     });
   });
 });
+
+Deno.test("adapters: the in-memory LRU is bounded by bytes and never evicts an adapter in use", async () => {
+  await withHub(async (hub, env) => {
+    await hub.addCommit("acme/a", { "a.safetensors": fileA });
+    await hub.addCommit("acme/c", {
+      "c.safetensors": randomAdapter(targets, { seed: 7, rank: 4, format: "kohya" }),
+    });
+    const bytesOfOne = targets.reduce((n, t) => n + 4 * (t.inFeatures + t.outFeatures) * 4, 0);
+    await withServer(
+      { ...env, LORA_CACHE_BYTES: String(Math.floor(bytesOfOne * 1.5)) },
+      async ({ url, adapters }) => {
+        const loaded = () => adapters.loaded().map((a) => a.repo);
+        const long = post(`${url}/generate`, { prompt: PROMPT, steps: 60, lora: { repo: "acme/a" } }, {
+          accept: "text/event-stream",
+        });
+        const reader = (await long).body!.getReader();
+        while (!new TextDecoder().decode((await reader.read()).value).includes('"step"'));
+        assertEquals((await generate(url, { repo: "acme/c" })).status, 200);
+        assertEquals(
+          loaded(),
+          ["acme/a"],
+          "over the bound: the idle acme/c goes, acme/a is in use and stays",
+        );
+        while (!(await reader.read()).done);
+        assertEquals((await generate(url, { repo: "acme/c" })).status, 200);
+        assertEquals(loaded(), ["acme/c"], "acme/a is idle now and least recently used: it goes");
+        assert(adapters.bytes <= bytesOfOne * 1.5);
+      },
+    );
+  });
+});
