@@ -24,6 +24,9 @@ const schema = z.object({
   MAX_PIXELS: integer(1024 * 1024, 64),
   MAX_IMAGES: integer(8, 1),
   MAX_BODY_BYTES: integer(20 * 1024 * 1024, 1024),
+  MAX_IMAGE_BYTES: integer(10 * 1024 * 1024, 1024),
+  MAX_INPUT_PIXELS: integer(4096 * 4096, 64),
+  MAX_FRAMES: integer(64, 2),
   HF_ENDPOINT: z.string().url().default("https://huggingface.co"),
   HF_TOKEN: z.string().optional(),
   HF_HUB_CACHE: z.string().optional(),
@@ -53,6 +56,9 @@ export interface Config {
     maxPixels: number;
     maxImages: number;
     maxBodyBytes: number;
+    maxImageBytes: number;
+    maxInputPixels: number;
+    maxFrames: number;
   };
   hub: { endpoint: string; token?: string; cacheDir: string; offline: boolean; timeoutMs: number };
   adapters: {
@@ -88,6 +94,9 @@ export function loadConfig(env: Record<string, string | undefined> = Deno.env.to
       maxPixels: e.MAX_PIXELS,
       maxImages: e.MAX_IMAGES,
       maxBodyBytes: e.MAX_BODY_BYTES,
+      maxImageBytes: e.MAX_IMAGE_BYTES,
+      maxInputPixels: e.MAX_INPUT_PIXELS,
+      maxFrames: e.MAX_FRAMES,
     },
     hub: {
       endpoint: e.HF_ENDPOINT,

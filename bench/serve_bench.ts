@@ -71,7 +71,9 @@ async function rawUnet(
   hidden: number,
   runs: number,
 ): Promise<number> {
+  // The server's own UNet session: the LoRA-ready graph, fed no adapters, as the server feeds it.
   const feeds = {
+    ...packLoraFeeds(servers.batched.model.loraTargets, new Array(rows).fill([])),
     sample: new ort.Tensor("float32", gaussianNoise(1, rows * 4 * 8 * 8), [rows, 4, 8, 8]),
     timestep: new ort.Tensor("int64", new BigInt64Array(rows).fill(500n), [rows]),
     encoder_hidden_states: new ort.Tensor("float32", gaussianNoise(2, rows * 77 * hidden), [

@@ -61,7 +61,20 @@ export function initialNoise(
   return out;
 }
 
-function repeatRows(rows: Float32Array, times: number): Float32Array {
+/** One text embedding [77, hidden] per prompt, from one batched text-encoder call. */
+export async function encodePrompts(
+  model: DiffusionModel,
+  prompts: string[],
+  ctx: TaskContext,
+): Promise<Float32Array[]> {
+  return await inSpan("text_encode", ctx.span, async () => {
+    const all = await model.encodeText(prompts, { signal: ctx.signal, span: ctx.span });
+    const size = all.length / prompts.length;
+    return prompts.map((_, i) => all.subarray(i * size, (i + 1) * size));
+  }, { prompts: prompts.length });
+}
+
+export function repeatRows(rows: Float32Array, times: number): Float32Array {
   const out = new Float32Array(rows.length * times);
   for (let i = 0; i < times; i++) out.set(rows, i * rows.length);
   return out;
@@ -142,7 +155,7 @@ export async function decodeToImages(
   return Array.from({ length: shape.rows }, (_, i) => pixelsToRgb(pixels, i, width, height));
 }
 
-async function timed<T>(timings: Timings, stage: string, fn: () => Promise<T>): Promise<T> {
+export async function timed<T>(timings: Timings, stage: string, fn: () => Promise<T>): Promise<T> {
   const start = performance.now();
   try {
     return await fn();
@@ -159,22 +172,11 @@ export async function generate(
   const timings: Timings = {};
   const shape: LatentShape = { rows: params.numImages, height: params.height / 8, width: params.width / 8 };
   const seeds = imageSeeds(params.seed, params.numImages);
-  const [cond, uncond] = await timed(
+  const [cond, uncond] = (await timed(
     timings,
     "text_encode_ms",
-    () =>
-      inSpan("text_encode", ctx.span, async () => {
-        const both = await model.encodeText([params.prompt, params.negativePrompt], {
-          signal: ctx.signal,
-          span: ctx.span,
-        });
-        const half = both.length / 2;
-        return [
-          repeatRows(both.subarray(0, half), params.numImages),
-          repeatRows(both.subarray(half), params.numImages),
-        ];
-      }),
-  );
+    () => encodePrompts(model, [params.prompt, params.negativePrompt], ctx),
+  )).map((embedding) => repeatRows(embedding, params.numImages));
   const latents = await timed(timings, "denoise_ms", () =>
     inSpan("denoise", ctx.span, () =>
       denoise(model, {

@@ -1,6 +1,7 @@
 /** Resolves a request's `lora` field through the adapter registry, mapping failures to API errors. */
 import type { z } from "zod";
 import { ApiError } from "./errors.ts";
+import type { Admission } from "./admission.ts";
 import type { loraFieldSchema } from "./schemas.ts";
 import { type AdapterRegistry, RegistryError, type RegistryErrorCode } from "../loras/registry.ts";
 import { AdapterError } from "../loras/adapter.ts";
@@ -52,4 +53,30 @@ export async function resolveAdapters(
       throw error;
     }
   }, { adapters: specs.length });
+}
+
+/**
+ * Admits a request (429 when full) and resolves its adapters; `release` frees both. Every task
+ * route starts this way, so a slot is never held by a request whose adapters failed.
+ */
+export async function startTask(
+  admission: Admission,
+  registry: AdapterRegistry,
+  lora: z.infer<typeof loraFieldSchema>,
+  span: Span,
+): Promise<{ adapters: ResolvedAdapters; release: () => void }> {
+  const leave = admission.acquire();
+  try {
+    const adapters = await resolveAdapters(registry, lora, span);
+    return {
+      adapters,
+      release: () => {
+        adapters.release();
+        leave();
+      },
+    };
+  } catch (error) {
+    leave();
+    throw error;
+  }
 }

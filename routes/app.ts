@@ -4,7 +4,13 @@ import { bodyLimit } from "hono/body-limit";
 import type { z } from "zod";
 import { ApiError, errorBody, errorResponse, fromZodError } from "./errors.ts";
 import { Admission } from "./admission.ts";
-import { generateRequestSchema } from "./schemas.ts";
+import {
+  editRequestSchema,
+  generateRequestSchema,
+  interpolateRequestSchema,
+  invertRequestSchema,
+} from "./schemas.ts";
+import { handleEdit, handleInterpolate, handleInvert, type ImageRouteDeps } from "./image_routes.ts";
 import { handleGenerate } from "./generate.ts";
 import { apiReferenceHtml, openApiDocument } from "./openapi.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
@@ -43,7 +49,19 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
   const { model, config } = services;
   const admission = new Admission(config.limits.maxConcurrentRequests);
   const native = { width: model.info.nativeWidth, height: model.info.nativeHeight };
-  const schemas = { generate: generateRequestSchema(config.limits, native) };
+  const schemas = {
+    generate: generateRequestSchema(config.limits, native),
+    invert: invertRequestSchema(config.limits),
+    edit: editRequestSchema(config.limits),
+    interpolate: interpolateRequestSchema(config.limits),
+  };
+  const imageDeps: ImageRouteDeps = {
+    model,
+    admission,
+    registry: services.adapters,
+    imageLimits: { maxBytes: config.limits.maxImageBytes, maxPixels: config.limits.maxInputPixels },
+    maxPixels: config.limits.maxPixels,
+  };
   const app = new Hono<Env>();
 
   app.use("*", async (c, next) => {
@@ -87,6 +105,19 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
     return handleGenerate(c, model, body, c.var.span, admission, services.adapters);
   });
 
+  app.post("/invert", async (c) => {
+    const body = await validate(schemas.invert, await readJson(c), c.var.span);
+    return handleInvert(c, imageDeps, body, c.var.span);
+  });
+  app.post("/edit", async (c) => {
+    const body = await validate(schemas.edit, await readJson(c), c.var.span);
+    return handleEdit(c, imageDeps, body, c.var.span);
+  });
+  app.post("/interpolate", async (c) => {
+    const body = await validate(schemas.interpolate, await readJson(c), c.var.span);
+    return handleInterpolate(c, imageDeps, body, c.var.span);
+  });
+
   const health = (c: any) => {
     const ready = services.ready();
     return c.json(
@@ -109,6 +140,9 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
         execution_provider: config.executionProvider,
         capabilities: {
           generate: true,
+          invert: model.info.canEncodeImages,
+          edit: model.info.canEncodeImages,
+          interpolate: true,
           image_input: model.info.canEncodeImages,
           per_row_timestep: model.info.perRowTimestep,
           schedulers: ["ddim", "euler"],

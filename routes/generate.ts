@@ -4,7 +4,7 @@ import { streamSSE } from "hono/streaming";
 import { encodeBase64 } from "./base64.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
-import { resolveAdapters, type ResolvedAdapters } from "./adapters.ts";
+import { startTask } from "./adapters.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
 import type { GenerateRequest } from "./schemas.ts";
 import { generate, type GenerateResult } from "../pipeline/generate.ts";
@@ -52,18 +52,7 @@ export async function handleGenerate(
   registry: AdapterRegistry,
 ) {
   const reply = negotiate(c.req.header("accept"), body.num_images);
-  const leave = admission.acquire();
-  let adapters: ResolvedAdapters;
-  try {
-    adapters = await resolveAdapters(registry, body.lora, span);
-  } catch (error) {
-    leave();
-    throw error;
-  }
-  const release = () => {
-    adapters.release();
-    leave();
-  };
+  const { adapters, release } = await startTask(admission, registry, body.lora, span);
   const seed = body.seed ?? randomSeed();
   const params = {
     prompt: body.prompt,

@@ -12,7 +12,37 @@ const jsonOk = (description: string, schema?: z.ZodType) => ({
   content: { "application/json": { schema: schema ? z.toJSONSchema(schema) : { type: "object" } } },
 });
 
-export function openApiDocument(schemas: { generate: z.ZodType }) {
+const ADAPTER_ERRORS = {
+  "403": jsonError("The adapter is outside the allowlist, or the hub refused the server's token"),
+  "404": jsonError("Unknown adapter repo, revision or file (or not cached, offline)"),
+  "422": jsonError("The adapter file is corrupt or fits no module of the loaded model"),
+  "502": jsonError("The hub failed"),
+  "504": jsonError("The hub timed out"),
+};
+const IMAGE_ERRORS = {
+  "400": jsonError("Malformed JSON, a wrong type or value, or an undecodable image; `field` names it"),
+  "413": jsonError("The body or the image is too large"),
+  "415": jsonError("The image is not PNG, JPEG or WebP"),
+  "429": jsonError("Too many requests in flight; see Retry-After"),
+};
+
+function taskPath(summary: string, description: string, schema: z.ZodType, reply: string) {
+  return {
+    post: {
+      summary,
+      description,
+      requestBody: {
+        required: true,
+        content: { "application/json": { schema: z.toJSONSchema(schema, { io: "input" }) } },
+      },
+      responses: { "200": jsonOk(reply), ...IMAGE_ERRORS, ...ADAPTER_ERRORS },
+    },
+  };
+}
+
+export function openApiDocument(
+  schemas: { generate: z.ZodType; invert: z.ZodType; edit: z.ZodType; interpolate: z.ZodType },
+) {
   return {
     openapi: "3.1.0",
     info: {
@@ -51,6 +81,24 @@ export function openApiDocument(schemas: { generate: z.ZodType }) {
           },
         },
       },
+      "/invert": taskPath(
+        "Invert an image to its x_T",
+        "DDIM inversion (or fixed-point refined inversion) conditioned on the prompt, then a reconstruction from x_T.",
+        schemas.invert,
+        "{latent: {shape, dtype, data}, reconstruction, metrics: {psnr, ssim, upper_bound, vs_vae_reconstruction}, parameters, timings}",
+      ),
+      "/edit": taskPath(
+        "Edit an image by switching prompts (paper Eq. 15)",
+        "From the inverted x_T (or a latent from /invert): the source prompt for the first (1 - ratio) N steps, then the target prompt.",
+        schemas.edit,
+        "{images: [image], reconstruction?, latent, parameters, timings}",
+      ),
+      "/interpolate": taskPath(
+        "Interpolate between two endpoints",
+        "slerp of x_T and lerp of the text embeddings over `frames` frames; distances are pixel L2 between adjacent frames (pixels in [0, 1]), istd their standard deviation.",
+        schemas.interpolate,
+        "{frames: [image], distances, istd, pixel_range, animation?, parameters, timings}",
+      ),
       "/health": {
         get: {
           summary: "Liveness and readiness",

@@ -3,6 +3,8 @@ import { z } from "zod";
 import { SCHEDULER_NAMES } from "../pipeline/scheduler.ts";
 import { OUTPUT_FORMATS } from "../pipeline/image.ts";
 import { MAX_SEED } from "../pipeline/rng.ts";
+import { FIT_MODES } from "../pipeline/image_input.ts";
+import { INVERSION_METHODS } from "../pipeline/invert.ts";
 
 export interface Limits {
   maxSteps: number;
@@ -89,3 +91,76 @@ export const generateResponseSchema = z.object({
 export const errorSchema = z.object({
   error: z.object({ code: z.string(), message: z.string(), field: z.string().optional() }),
 });
+
+// ---------------------------------------------------------------- image routes
+export interface ImageRouteLimits extends Limits {
+  maxFrames: number;
+}
+
+const imageField = z.string().min(1).describe("base64 (or a data URL) of a PNG, JPEG or WebP image");
+const fitField = z.enum(FIT_MODES).default("cover").describe("how the image is fitted to the model's size");
+export const latentSchema = z.object({
+  shape: z.array(z.number().int().min(1).max(4096)).length(4),
+  dtype: z.literal("float32"),
+  data: z.string(),
+}).strict().describe("a latent as /invert returns it: base64 of little-endian float32");
+const steps = (limits: Limits) => z.number().int().min(1).max(limits.maxSteps).default(50);
+
+export function invertRequestSchema(limits: Limits) {
+  return z.object({
+    image: imageField,
+    prompt: z.string().max(4000).default("").describe("the image's caption; inversion is conditioned on it"),
+    steps: steps(limits),
+    method: z.enum(INVERSION_METHODS).default("ddim"),
+    guidance_scale: z.number().min(0).max(50).default(1).describe("guidance of the reconstruction"),
+    fit: fitField,
+    output_format: z.enum(OUTPUT_FORMATS).default("png"),
+    lora: loraFieldSchema,
+  }).strict();
+}
+
+export function editRequestSchema(limits: Limits) {
+  return z.object({
+    image: imageField.optional(),
+    latent: latentSchema.optional().describe("x_T from /invert, instead of the image"),
+    source_prompt: z.string().max(4000),
+    target_prompt: z.string().max(4000),
+    ratio: z.number().min(0).max(1).default(0.8).describe(
+      "r: source prompt for the first (1 - r) N steps, then the target",
+    ),
+    steps: steps(limits),
+    guidance_scale: z.number().min(0).max(50).default(7.5),
+    method: z.enum(INVERSION_METHODS).default("ddim").describe("how the image is inverted"),
+    return_reconstruction: z.boolean().default(false),
+    fit: fitField,
+    output_format: z.enum(OUTPUT_FORMATS).default("png"),
+    lora: loraFieldSchema,
+  }).strict().refine((b) => (b.image === undefined) !== (b.latent === undefined), {
+    message: "give exactly one of image or latent",
+    path: ["image"],
+  });
+}
+
+const endpointSchema = z.union([
+  z.object({ prompt: z.string().max(4000), seed: z.number().int().min(0).max(MAX_SEED) }).strict(),
+  z.object({ prompt: z.string().max(4000), image: imageField }).strict(),
+  z.object({ prompt: z.string().max(4000), latent: latentSchema }).strict(),
+]).describe(
+  "a generated image's noise {prompt, seed}, an image to invert {image, prompt}, or {latent, prompt}",
+);
+
+export function interpolateRequestSchema(limits: ImageRouteLimits) {
+  return z.object({
+    from: endpointSchema,
+    to: endpointSchema,
+    frames: z.number().int().min(2).max(limits.maxFrames).default(11),
+    steps: steps(limits),
+    guidance_scale: z.number().min(0).max(50).default(7.5),
+    method: z.enum(INVERSION_METHODS).default("ddim").describe("how image endpoints are inverted"),
+    animation: z.enum(["none", "webp", "gif"]).default("none"),
+    frame_duration_ms: z.number().int().min(10).max(10_000).default(100),
+    fit: fitField,
+    output_format: z.enum(OUTPUT_FORMATS).default("png"),
+    lora: loraFieldSchema,
+  }).strict();
+}

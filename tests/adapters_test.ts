@@ -266,3 +266,20 @@ Deno.test("adapters: the in-memory LRU is bounded by bytes and never evicts an a
     );
   });
 });
+
+Deno.test("adapters: the test adapter this repository ships in models/hub-cache works with no network", async () => {
+  const commit = (await Deno.readTextFile(
+    new URL("../models/hub-cache/models--smooth-diffusion--test-lora/refs/main", import.meta.url),
+  )).trim();
+  // Port 9 on loopback: any attempt to reach a hub fails at once.
+  await withServer(
+    { HF_ENDPOINT: "http://127.0.0.1:9", HF_HUB_CACHE: await Deno.makeTempDir() },
+    async ({ url }) => {
+      const base = await generate(url);
+      const withAdapter = await generate(url, { repo: "smooth-diffusion/test-lora" });
+      assertEquals(withAdapter.status, 200, JSON.stringify(withAdapter.json));
+      assertEquals(withAdapter.json.parameters.lora[0].commit, commit);
+      assertNotEquals(withAdapter.json.images[0].data, base.json.images[0].data);
+    },
+  );
+});

@@ -1,0 +1,90 @@
+/**
+ * Images sent by clients: base64 or a data URL of PNG, JPEG or WebP, decoded with sharp and fitted
+ * to the size the model works at. Failures say which of three things went wrong.
+ */
+import sharp from "sharp";
+import type { RgbImage } from "./image.ts";
+
+export const FIT_MODES = ["cover", "contain", "fill"] as const;
+export type FitMode = typeof FIT_MODES[number];
+const ACCEPTED = new Set(["png", "jpeg", "webp"]);
+
+export class ImageInputError extends Error {
+  constructor(readonly kind: "undecodable" | "too_large" | "unsupported", message: string) {
+    super(message);
+  }
+}
+
+export interface ImageLimits {
+  maxBytes: number;
+  maxPixels: number;
+}
+
+export function base64Bytes(text: string): Uint8Array {
+  const payload = text.startsWith("data:") ? text.slice(text.indexOf(",") + 1) : text;
+  if (!/^[A-Za-z0-9+/\s]*={0,2}\s*$/.test(payload)) {
+    throw new ImageInputError("undecodable", "not valid base64");
+  }
+  try {
+    return Uint8Array.from(atob(payload.replace(/\s+/g, "")), (ch) => ch.charCodeAt(0));
+  } catch {
+    throw new ImageInputError("undecodable", "not valid base64");
+  }
+}
+
+export async function readImageInput(
+  text: string,
+  width: number,
+  height: number,
+  fit: FitMode,
+  limits: ImageLimits,
+): Promise<RgbImage> {
+  if (text.length > Math.ceil(limits.maxBytes * 4 / 3) + 128) {
+    throw new ImageInputError("too_large", `the image exceeds ${limits.maxBytes} bytes`);
+  }
+  const bytes = base64Bytes(text);
+  if (bytes.length > limits.maxBytes) {
+    throw new ImageInputError(
+      "too_large",
+      `the image is ${bytes.length} bytes; the limit is ${limits.maxBytes}`,
+    );
+  }
+  let meta;
+  try {
+    meta = await sharp(bytes, { limitInputPixels: limits.maxPixels }).metadata();
+  } catch (error) {
+    const message = String((error as Error).message ?? error);
+    if (/pixel limit/i.test(message)) {
+      throw new ImageInputError("too_large", `the image has more than ${limits.maxPixels} pixels`);
+    }
+    throw new ImageInputError("undecodable", "the bytes are not an image sharp can decode");
+  }
+  if (!meta.format || !ACCEPTED.has(meta.format)) {
+    throw new ImageInputError(
+      "unsupported",
+      `${meta.format ?? "this"} images are not accepted: send PNG, JPEG or WebP`,
+    );
+  }
+  if ((meta.width ?? 0) * (meta.height ?? 0) > limits.maxPixels) {
+    throw new ImageInputError(
+      "too_large",
+      `the image has ${meta.width}x${meta.height} pixels; the limit is ${limits.maxPixels}`,
+    );
+  }
+  try {
+    const { data, info } = await sharp(bytes, { limitInputPixels: limits.maxPixels })
+      .rotate() // honour EXIF orientation
+      .removeAlpha()
+      .toColourspace("srgb")
+      .resize(width, height, { fit, position: "centre", background: { r: 0, g: 0, b: 0 } })
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    return {
+      width: info.width,
+      height: info.height,
+      data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    };
+  } catch {
+    throw new ImageInputError("undecodable", "the image could not be decoded");
+  }
+}

@@ -1,0 +1,333 @@
+/** POST /invert, /edit and /interpolate: the paper's downstream tasks over images and latents. */
+import type { Context } from "hono";
+import type { z } from "zod";
+import { ApiError } from "./errors.ts";
+import { encodeBase64 } from "./base64.ts";
+import { startTask } from "./adapters.ts";
+import type { Admission } from "./admission.ts";
+import type {
+  editRequestSchema,
+  interpolateRequestSchema,
+  invertRequestSchema,
+  latentSchema,
+} from "./schemas.ts";
+import type { DiffusionModel } from "../pipeline/model.ts";
+import type { AdapterRegistry } from "../loras/registry.ts";
+import { encodeImage, type OutputFormat, type RgbImage } from "../pipeline/image.ts";
+import { type FitMode, ImageInputError, type ImageLimits, readImageInput } from "../pipeline/image_input.ts";
+import { decodeLatent, encodeLatent } from "../pipeline/latent_codec.ts";
+import { encodeToLatent, invert, invertImage } from "../pipeline/invert.ts";
+import { psnr, ssim } from "../pipeline/metrics.ts";
+import { edit } from "../pipeline/edit.ts";
+import { type Endpoint, interpolate } from "../pipeline/interpolate.ts";
+import { encodePrompts, initialNoise, type LatentShape, type TaskContext } from "../pipeline/generate.ts";
+import { inSpan, type Span } from "../telemetry.ts";
+import sharp from "sharp";
+
+export interface ImageRouteDeps {
+  model: DiffusionModel;
+  admission: Admission;
+  registry: AdapterRegistry;
+  imageLimits: ImageLimits;
+  maxPixels: number;
+}
+
+const IMAGE_ERRORS = {
+  undecodable: [400, "invalid_image"],
+  too_large: [413, "image_too_large"],
+  unsupported: [415, "unsupported_image"],
+} as const;
+
+async function readImage(deps: ImageRouteDeps, field: string, text: string, fit: FitMode): Promise<RgbImage> {
+  try {
+    return await readImageInput(
+      text,
+      deps.model.info.nativeWidth,
+      deps.model.info.nativeHeight,
+      fit,
+      deps.imageLimits,
+    );
+  } catch (error) {
+    if (!(error instanceof ImageInputError)) throw error;
+    const [status, code] = IMAGE_ERRORS[error.kind];
+    throw new ApiError(status, code, `${field}: ${error.message}`, field);
+  }
+}
+
+function readLatent(
+  deps: ImageRouteDeps,
+  field: string,
+  wire: z.infer<typeof latentSchema>,
+): { latent: Float32Array; shape: LatentShape } {
+  const [n, c, h, w] = wire.shape;
+  if (n !== 1 || c !== deps.model.info.latentChannels) {
+    throw new ApiError(
+      400,
+      "invalid_latent",
+      `${field}: shape must be [1, ${deps.model.info.latentChannels}, h, w]`,
+      field,
+    );
+  }
+  if (h * w * 64 > deps.maxPixels) {
+    throw new ApiError(
+      400,
+      "limit_exceeded",
+      `${field}: decodes to more than ${deps.maxPixels} pixels`,
+      field,
+    );
+  }
+  try {
+    return { latent: decodeLatent(wire), shape: { rows: 1, height: h, width: w } };
+  } catch (error) {
+    throw new ApiError(400, "invalid_latent", `${field}: ${(error as Error).message}`, field);
+  }
+}
+
+async function imageJson(image: RgbImage, format: OutputFormat) {
+  return {
+    data: encodeBase64(await encodeImage(image, format)),
+    format,
+    width: image.width,
+    height: image.height,
+  };
+}
+
+const round = (v: number, digits = 4) => Number.isFinite(v) ? Number(v.toFixed(digits)) : v;
+const similarity = (a: RgbImage, b: RgbImage) => ({ psnr: round(psnr(a, b)), ssim: round(ssim(a, b)) });
+
+function latentJson(latent: Float32Array, shape: LatentShape) {
+  return encodeLatent(latent, [
+    shape.rows,
+    latent.length / (shape.rows * shape.height * shape.width),
+    shape.height,
+    shape.width,
+  ]);
+}
+
+export async function handleInvert(
+  c: Context,
+  deps: ImageRouteDeps,
+  body: z.infer<ReturnType<typeof invertRequestSchema>>,
+  span: Span,
+) {
+  const image = await readImage(deps, "image", body.image, body.fit);
+  const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
+  try {
+    const ctx: TaskContext = { signal: c.req.raw.signal, span };
+    const result = await invertImage(deps.model, {
+      image,
+      prompt: body.prompt,
+      steps: body.steps,
+      method: body.method,
+      guidanceScale: body.guidance_scale,
+      adapters: adapters.applied,
+    }, ctx);
+    const reconstruction = await inSpan(
+      "image.encode",
+      span,
+      () => imageJson(result.reconstruction, body.output_format),
+    );
+    const { image: _image, lora: _lora, ...echoed } = body;
+    return c.json({
+      latent: latentJson(result.latent, result.shape),
+      reconstruction,
+      metrics: {
+        ...similarity(result.reconstruction, image),
+        upper_bound: similarity(result.vaeReconstruction, image),
+        vs_vae_reconstruction: similarity(result.reconstruction, result.vaeReconstruction),
+      },
+      parameters: { ...echoed, ...(adapters.report.length ? { lora: adapters.report } : {}) },
+      timings: result.timings,
+    });
+  } finally {
+    release();
+  }
+}
+
+export async function handleEdit(
+  c: Context,
+  deps: ImageRouteDeps,
+  body: z.infer<ReturnType<typeof editRequestSchema>>,
+  span: Span,
+) {
+  const image = body.image === undefined ? undefined : await readImage(deps, "image", body.image, body.fit);
+  const given = body.latent === undefined ? undefined : readLatent(deps, "latent", body.latent);
+  const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
+  try {
+    const ctx: TaskContext = { signal: c.req.raw.signal, span };
+    let start = given, reconstruction: RgbImage | undefined;
+    if (image && body.return_reconstruction) {
+      const inverted = await invertImage(deps.model, {
+        image,
+        prompt: body.source_prompt,
+        steps: body.steps,
+        method: body.method,
+        guidanceScale: body.guidance_scale,
+        adapters: adapters.applied,
+      }, ctx);
+      start = { latent: inverted.latent, shape: inverted.shape };
+      reconstruction = inverted.reconstruction;
+    } else if (image) {
+      const shape = { rows: 1, height: image.height / 8, width: image.width / 8 };
+      const [cond] = await encodePrompts(deps.model, [body.source_prompt], ctx);
+      const x0 = await encodeToLatent(deps.model, image, ctx);
+      const latent = await inSpan(
+        "invert",
+        span,
+        () =>
+          invert(deps.model, {
+            latents: x0,
+            shape,
+            steps: body.steps,
+            method: body.method,
+            cond,
+            adapters: adapters.applied,
+          }, ctx),
+      );
+      start = { latent, shape };
+    }
+    const edited = await edit(deps.model, {
+      latent: start!.latent,
+      shape: start!.shape,
+      sourcePrompt: body.source_prompt,
+      targetPrompt: body.target_prompt,
+      ratio: body.ratio,
+      steps: body.steps,
+      guidanceScale: body.guidance_scale,
+      adapters: adapters.applied,
+    }, ctx);
+    if (reconstruction === undefined && body.return_reconstruction) {
+      reconstruction = (await edit(deps.model, {
+        latent: start!.latent,
+        shape: start!.shape,
+        sourcePrompt: body.source_prompt,
+        targetPrompt: body.source_prompt,
+        ratio: 0,
+        steps: body.steps,
+        guidanceScale: body.guidance_scale,
+        adapters: adapters.applied,
+      }, ctx)).image;
+    }
+    const { image: _image, latent: _latent, lora: _lora, ...echoed } = body;
+    return c.json({
+      images: [await imageJson(edited.image, body.output_format)],
+      ...(reconstruction ? { reconstruction: await imageJson(reconstruction, body.output_format) } : {}),
+      latent: latentJson(start!.latent, start!.shape),
+      parameters: { ...echoed, ...(adapters.report.length ? { lora: adapters.report } : {}) },
+      timings: edited.timings,
+    });
+  } finally {
+    release();
+  }
+}
+
+type InterpolateBody = z.infer<ReturnType<typeof interpolateRequestSchema>>;
+
+export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: InterpolateBody, span: Span) {
+  const model = deps.model;
+  const native: LatentShape = {
+    rows: 1,
+    height: model.info.nativeHeight / 8,
+    width: model.info.nativeWidth / 8,
+  };
+  // Validate both endpoints before taking a slot.
+  const sources = await Promise.all((["from", "to"] as const).map(async (name) => {
+    const end = body[name];
+    if ("image" in end) return { name, image: await readImage(deps, `${name}.image`, end.image, body.fit) };
+    if ("latent" in end) return { name, ...readLatent(deps, `${name}.latent`, end.latent) };
+    return { name, seed: end.seed };
+  }));
+  const shapes = sources.map((s) => ("shape" in s && s.shape) ? s.shape : native);
+  if (shapes[0].height !== shapes[1].height || shapes[0].width !== shapes[1].width) {
+    throw new ApiError(400, "invalid_request", "to: both endpoints must have the same latent size", "to");
+  }
+  const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
+  try {
+    const ctx: TaskContext = { signal: c.req.raw.signal, span };
+    const [fromEmbedding, toEmbedding, uncond] = await encodePrompts(model, [
+      body.from.prompt,
+      body.to.prompt,
+      "",
+    ], ctx);
+    const embeddings = [fromEmbedding, toEmbedding];
+    const endpoints: Endpoint[] = await Promise.all(sources.map(async (s, i) => {
+      if ("seed" in s && s.seed !== undefined) {
+        return {
+          latent: initialNoise(model, [s.seed], native.height, native.width),
+          embedding: embeddings[i],
+        };
+      }
+      if ("latent" in s && s.latent) return { latent: s.latent, embedding: embeddings[i] };
+      const image = (s as { image: RgbImage }).image;
+      const x0 = await encodeToLatent(model, image, ctx);
+      const latent = await inSpan(
+        "invert",
+        span,
+        () =>
+          invert(model, {
+            latents: x0,
+            shape: native,
+            steps: body.steps,
+            method: body.method,
+            cond: embeddings[i],
+            adapters: adapters.applied,
+          }, ctx),
+      );
+      return { latent, embedding: embeddings[i] };
+    }));
+    const result = await interpolate(model, {
+      from: endpoints[0],
+      to: endpoints[1],
+      shape: shapes[0],
+      frames: body.frames,
+      steps: body.steps,
+      guidanceScale: body.guidance_scale,
+      uncond,
+      adapters: adapters.applied,
+    }, ctx);
+    const frames = await inSpan(
+      "image.encode",
+      span,
+      () => Promise.all(result.frames.map((f) => imageJson(f, body.output_format))),
+    );
+    const animation = body.animation === "none"
+      ? undefined
+      : await animate(result.frames, body.animation, body.frame_duration_ms);
+    const { lora: _lora, from, to, ...echoed } = body;
+    const describe = (
+      e: typeof from,
+    ) => ("seed" in e
+      ? { prompt: e.prompt, seed: e.seed }
+      : { prompt: e.prompt, source: "image" in e ? "image" : "latent" });
+    return c.json({
+      frames,
+      distances: result.distances.map((d) => round(d, 6)),
+      istd: round(result.istd, 6),
+      pixel_range: [0, 1],
+      ...(animation ? { animation } : {}),
+      parameters: {
+        ...echoed,
+        from: describe(from),
+        to: describe(to),
+        ...(adapters.report.length ? { lora: adapters.report } : {}),
+      },
+      timings: result.timings,
+    });
+  } finally {
+    release();
+  }
+}
+
+async function animate(frames: RgbImage[], format: "webp" | "gif", durationMs: number) {
+  const { width, height } = frames[0];
+  const stacked = new Uint8Array(frames.length * width * height * 3);
+  frames.forEach((f, i) => stacked.set(f.data, i * f.data.length));
+  const base = sharp(stacked, {
+    raw: { width, height: height * frames.length, channels: 3, pageHeight: height } as never,
+  });
+  const delay = frames.map(() => durationMs);
+  const bytes =
+    await (format === "webp" ? base.webp({ loop: 0, delay, lossless: true }) : base.gif({ loop: 0, delay }))
+      .toBuffer();
+  return { format, data: encodeBase64(new Uint8Array(bytes)) };
+}
