@@ -148,20 +148,10 @@ export async function invertImage(
           conditioning: () => ({ cond, uncond }),
         }, { ...ctx, onProgress: (k, n) => ctx.onProgress?.(n + k, 2 * n) })),
   );
-  const [reconstruction, vaeReconstruction] = await timed(
-    timings,
-    "decode_ms",
-    async () => (await decodeToImages(model, concatRows([reconstructed, x0]), { ...shape, rows: 2 }, ctx)),
-  );
+  // Decoded one after the other, so the reconstruction is decoded exactly as /edit decodes its result.
+  const [reconstruction, vaeReconstruction] = await timed(timings, "decode_ms", async () => [
+    ...(await decodeToImages(model, reconstructed, shape, ctx)),
+    ...(await decodeToImages(model, x0, shape, ctx)),
+  ]);
   return { latent, shape, reconstruction, vaeReconstruction, timings };
-}
-
-function concatRows(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
 }

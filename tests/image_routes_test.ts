@@ -1,0 +1,234 @@
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import sharp from "sharp";
+import { decodeBase64, post, withServer } from "./helpers.ts";
+import { encodeBase64 } from "../routes/base64.ts";
+
+const PROMPT = "a large green circle on a black background";
+const OTHER = "a small red square on a white background";
+
+async function pngOf(
+  width: number,
+  height: number,
+  rgb: [number, number, number],
+  format: "png" | "gif" | "tiff" | "jpeg" = "png",
+) {
+  const img = sharp({
+    create: { width, height, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } },
+  });
+  const bytes = await img.toFormat(format).toBuffer();
+  return encodeBase64(new Uint8Array(bytes));
+}
+
+async function generated(url: string, prompt: string, seed: number): Promise<string> {
+  const res = await post(`${url}/generate`, { prompt, seed, steps: 20 });
+  return (await res.json()).images[0].data;
+}
+
+Deno.test("image input: undecodable, oversized and unsupported images get 400, 413 and 415 naming the field", async () => {
+  await withServer({ MAX_IMAGE_BYTES: "4096" }, async ({ url }) => {
+    const big = await sharp({
+      create: {
+        width: 256,
+        height: 256,
+        channels: 3,
+        background: "#808080",
+        noise: { type: "gaussian", mean: 128, sigma: 60 },
+      },
+    }).png().toBuffer();
+    const cases: [unknown, number, string, string][] = [
+      [{ image: btoa("definitely not an image"), prompt: "x", steps: 1 }, 400, "invalid_image", "image"],
+      [{ image: "%%%not base64%%%", prompt: "x", steps: 1 }, 400, "invalid_image", "image"],
+      [{ image: encodeBase64(new Uint8Array(big)), prompt: "x", steps: 1 }, 413, "image_too_large", "image"],
+      [
+        { image: await pngOf(8, 8, [1, 2, 3], "gif"), prompt: "x", steps: 1 },
+        415,
+        "unsupported_image",
+        "image",
+      ],
+      [
+        { image: await pngOf(8, 8, [1, 2, 3], "tiff"), prompt: "x", steps: 1 },
+        415,
+        "unsupported_image",
+        "image",
+      ],
+      [{ prompt: "x" }, 400, "invalid_request", "image"],
+    ];
+    for (const [body, status, code, field] of cases) {
+      const res = await post(`${url}/invert`, body);
+      const json = await res.json();
+      assertEquals(
+        [res.status, json.error.code, json.error.field],
+        [status, code, field],
+        JSON.stringify(json),
+      );
+    }
+    const interp = await post(`${url}/interpolate`, {
+      from: { prompt: "a", image: btoa("nope") },
+      to: { prompt: "b", seed: 1 },
+      steps: 1,
+    });
+    assertEquals([interp.status, (await interp.json()).error.field], [400, "from.image"]);
+    const dataUrl = `data:image/jpeg;base64,${await pngOf(120, 80, [200, 30, 30], "jpeg")}`;
+    const ok = await post(`${url}/invert`, { image: dataUrl, prompt: "x", steps: 2, fit: "contain" });
+    assertEquals(ok.status, 200);
+  });
+});
+
+Deno.test("/invert returns x_T, a reconstruction and metrics; /edit at ratio 0 from that latent equals the reconstruction", async () => {
+  await withServer({}, async ({ url }) => {
+    const image = await generated(url, PROMPT, 21);
+    const inv = await (await post(`${url}/invert`, { image, prompt: PROMPT, steps: 20, guidance_scale: 3 }))
+      .json();
+    assertEquals([inv.latent.shape, inv.latent.dtype], [[1, 4, 8, 8], "float32"]);
+    assertEquals(decodeBase64(inv.latent.data).length, 4 * 256);
+    for (const key of ["psnr", "ssim"]) {
+      assert(
+        Number.isFinite(inv.metrics[key]) && Number.isFinite(inv.metrics.upper_bound[key]),
+        JSON.stringify(inv.metrics),
+      );
+    }
+    assert(
+      inv.metrics.upper_bound.psnr >= inv.metrics.psnr - 1e-9 || inv.metrics.psnr > 35,
+      JSON.stringify(inv.metrics),
+    );
+    const fromLatent = await (await post(`${url}/edit`, {
+      latent: inv.latent,
+      source_prompt: PROMPT,
+      target_prompt: OTHER,
+      ratio: 0,
+      steps: 20,
+      guidance_scale: 3,
+    })).json();
+    assertEquals(fromLatent.images[0].data, inv.reconstruction.data);
+    const fromImage = await (await post(`${url}/edit`, {
+      image,
+      source_prompt: PROMPT,
+      target_prompt: OTHER,
+      ratio: 0,
+      steps: 20,
+      guidance_scale: 3,
+      return_reconstruction: true,
+    })).json();
+    assertEquals(fromImage.images[0].data, inv.reconstruction.data);
+    assertEquals(fromImage.reconstruction.data, inv.reconstruction.data);
+    const edited = await (await post(`${url}/edit`, {
+      latent: inv.latent,
+      source_prompt: PROMPT,
+      target_prompt: OTHER,
+      ratio: 0.8,
+      steps: 20,
+    })).json();
+    assert(edited.images[0].data !== fromLatent.images[0].data);
+    const both = await post(`${url}/edit`, {
+      image,
+      latent: inv.latent,
+      source_prompt: "a",
+      target_prompt: "b",
+    });
+    assertEquals([both.status, (await both.json()).error.field], [400, "image"]);
+    const badLatent = await post(`${url}/edit`, {
+      latent: { ...inv.latent, shape: [1, 3, 8, 8] },
+      source_prompt: "a",
+      target_prompt: "b",
+    });
+    assertEquals([badLatent.status, (await badLatent.json()).error.code], [400, "invalid_latent"]);
+  });
+});
+
+Deno.test("/interpolate: the end frames are /generate's images for the same prompt and seed; distances and ISTD", async () => {
+  // One request per model run: every frame is computed exactly as /generate computes it.
+  await withServer({ BATCHING: "off" }, async ({ url }) => {
+    const res = await post(`${url}/interpolate`, {
+      from: { prompt: PROMPT, seed: 3 },
+      to: { prompt: OTHER, seed: 4 },
+      frames: 5,
+      steps: 20,
+      animation: "webp",
+    });
+    const json = await res.json();
+    assertEquals(res.status, 200, JSON.stringify(json));
+    assertEquals(json.frames.length, 5);
+    assertEquals(json.frames[0].data, await generated(url, PROMPT, 3));
+    assertEquals(json.frames[4].data, await generated(url, OTHER, 4));
+    assertEquals(json.distances.length, 4);
+    assert(json.distances.every((d: number) => d >= 0));
+    const mean = json.distances.reduce((a: number, b: number) => a + b, 0) / 4;
+    const std = Math.sqrt(json.distances.reduce((a: number, b: number) => a + (b - mean) ** 2, 0) / 4);
+    assert(Math.abs(std - json.istd) < 1e-5, `istd ${json.istd} vs ${std}`);
+    assertEquals(json.pixel_range, [0, 1]);
+    const meta = await sharp(decodeBase64(json.animation.data), { animated: true }).metadata();
+    assertEquals([meta.format, meta.pages], ["webp", 5]);
+  });
+});
+
+Deno.test("/interpolate: frames run as concurrent tracks that share UNet runs; image and latent endpoints", async () => {
+  await withServer({}, async ({ url, model }) => {
+    const before = { ...model.batchers.unet.stats };
+    const res = await post(`${url}/interpolate`, {
+      from: { prompt: PROMPT, seed: 3 },
+      to: { prompt: OTHER, seed: 4 },
+      frames: 11,
+      steps: 10,
+    });
+    assertEquals(res.status, 200);
+    const runs = model.batchers.unet.stats.runs - before.runs,
+      calls = model.batchers.unet.stats.calls - before.calls;
+    assertEquals(calls, 110);
+    assert(runs <= 12, `11 frames x 10 steps in ${runs} runs`);
+    const image = await generated(url, PROMPT, 5);
+    const inv = await (await post(`${url}/invert`, { image, prompt: PROMPT, steps: 10 })).json();
+    const mixed = await post(`${url}/interpolate`, {
+      from: { prompt: PROMPT, image },
+      to: { prompt: OTHER, latent: inv.latent },
+      frames: 3,
+      steps: 10,
+      animation: "gif",
+    });
+    const json = await mixed.json();
+    assertEquals(mixed.status, 200, JSON.stringify(json));
+    assertEquals([json.frames.length, json.parameters.from.source, json.parameters.to.source], [
+      3,
+      "image",
+      "latent",
+    ]);
+    assertEquals((await sharp(decodeBase64(json.animation.data), { animated: true }).metadata()).pages, 3);
+  });
+});
+
+Deno.test("inversion: the model's own images reconstruct, and fixed-point inversion beats plain DDIM on the same images", async () => {
+  const captions = [
+    "a large red circle on a blue background",
+    "a small yellow triangle on a black background",
+    "a large white cross on a green background",
+    "a small purple square on an orange background",
+  ];
+  await withServer({}, async ({ url }) => {
+    const images = await Promise.all(
+      captions.map((c, i) =>
+        post(`${url}/generate`, { prompt: c, seed: 40 + i, steps: 50 }).then((r) => r.json())
+      ),
+    );
+    const psnrOf = async (method: string) => {
+      const results = await Promise.all(
+        captions.map((c, i) =>
+          post(`${url}/invert`, { image: images[i].images[0].data, prompt: c, steps: 50, method }).then((r) =>
+            r.json()
+          )
+        ),
+      );
+      return [
+        results.map((r) => r.metrics.psnr as number),
+        results.map((r) => r.metrics.vs_vae_reconstruction.psnr as number),
+      ];
+    };
+    const [ddim, ddimVae] = await psnrOf("ddim"), [fixed, fixedVae] = await psnrOf("fixed-point");
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    console.log(
+      `reconstruction PSNR of ${captions.length} generated images, 50 steps, against the input (against the VAE's own ` +
+        `reconstruction): ddim ${mean(ddim).toFixed(2)} dB (${mean(ddimVae).toFixed(2)}), ` +
+        `fixed-point ${mean(fixed).toFixed(2)} dB (${mean(fixedVae).toFixed(2)})`,
+    );
+    assert(mean(fixed) > mean(ddim), `fixed-point ${fixed} vs ddim ${ddim}`);
+    assert(mean(ddim) > 15, `DDIM inversion reconstructs its own images: ${ddim}`);
+  });
+});
