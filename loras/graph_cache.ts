@@ -1,7 +1,9 @@
 /**
  * The LoRA-rewritten UNet on disk, keyed by the source graph's content: rewritten once, then
- * loaded from the cache on every later start. External weight files stay where they are and are
- * linked into the cache entry, so a multi-gigabyte export is never copied.
+ * loaded from the cache on every later start. External weight files are hard-linked into the cache
+ * entry (ONNX Runtime refuses external data outside the model's directory, symlinks included), so a
+ * multi-gigabyte export is not copied; across file systems, where a hard link is impossible, they
+ * are copied once.
  */
 import { dirname, join } from "node:path";
 import { addLoraInputs, type LoraTarget, REWRITE_VERSION } from "./graph_rewrite.ts";
@@ -34,7 +36,8 @@ export async function loraGraph(sourcePath: string, cacheRoot: string): Promise<
     await Deno.writeFile(join(staging, "model.onnx"), model);
     for (const file of externalFiles) {
       await Deno.mkdir(dirname(join(staging, file)), { recursive: true });
-      await Deno.symlink(join(dirname(sourcePath), file), join(staging, file));
+      const from = join(dirname(sourcePath), file), to = join(staging, file);
+      await Deno.link(from, to).catch(() => Deno.copyFile(from, to));
     }
     await Deno.writeTextFile(join(staging, "targets.json"), JSON.stringify(targets));
     await Deno.rename(staging, entry); // atomic: a reader sees a whole entry or none

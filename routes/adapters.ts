@@ -23,7 +23,17 @@ export interface ResolvedAdapters {
   applied: AppliedAdapter[];
   release: () => void;
   /** What the response reports: each adapter with its resolved commit. */
-  report: { repo: string; file: string; revision: string; commit: string; scale: number; format: string }[];
+  report: {
+    repo: string;
+    file: string;
+    revision: string;
+    commit: string;
+    scale: number;
+    format: string;
+    applied_modules: number;
+    not_applied?: string[];
+    not_applied_count?: number;
+  }[];
 }
 
 export async function resolveAdapters(
@@ -43,6 +53,11 @@ export async function resolveAdapters(
         commit: adapter.source.commit,
         scale,
         format: adapter.format,
+        applied_modules: adapter.modules.size,
+        // Keys that are not UNet attention LoRA weights (text encoder, other layers): reported, not applied.
+        ...(adapter.ignored.length
+          ? { not_applied: adapter.ignored.slice(0, 20), not_applied_count: adapter.ignored.length }
+          : {}),
       }));
       return { applied, release, report };
     } catch (error) {

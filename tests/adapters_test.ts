@@ -58,6 +58,7 @@ Deno.test("adapters: public repo, resolved commit reported, image changes; a war
         commit,
         scale: 1,
         format: "legacy-attention-processor",
+        applied_modules: targets.length,
       }]);
       assertNotEquals(first.json.images[0].data, base.json.images[0].data);
       const hubCalls = hub.requests.length;

@@ -203,3 +203,146 @@ Deno.test("safetensors: validates header, JSON, dtypes, shapes and offsets; read
   const parsed = parseSafetensors(half).tensors;
   assertEquals([Array.from(parsed.get("h")!.data), Array.from(parsed.get("b")!.data)], [[1, -2], [1, -3]]);
 });
+
+// ---------------------------------------------------------------- other export styles
+import {
+  BYTES,
+  decodeMessage,
+  encodeMessage,
+  type Field,
+  firstString,
+  int,
+  msg,
+  str,
+} from "../loras/protobuf.ts";
+import { loraGraph } from "../loras/graph_cache.ts";
+
+/** Applies `edit` to every field of the graph (field 7 of the model). */
+function editGraph(model: Uint8Array, edit: (graph: Field[]) => Field[]): Uint8Array {
+  const fields = decodeMessage(model);
+  return encodeMessage(
+    fields.map((f) =>
+      f.field === 7
+        ? { field: 7, wire: BYTES, value: encodeMessage(edit(decodeMessage(f.value as Uint8Array))) }
+        : f
+    ),
+  );
+}
+
+Deno.test("graph rewrite: anonymous node names with readable weight names find the same targets", async () => {
+  let counter = 0;
+  const renamedWeights = new Map<string, string>();
+  const variant = editGraph(unetBytes, (graph) => {
+    const nodes = graph.map((f) => {
+      if (f.field !== 1) return f;
+      const node = decodeMessage(f.value as Uint8Array);
+      const name = firstString(node, 3) ?? "";
+      const m = /^\/(.*\/attn[12]\/(?:to_q|to_k|to_v|to_out\.0))\/MatMul$/.exec(name);
+      if (!m) return f;
+      const inputs = node.filter((x) => x.field === 1).map((x) =>
+        new TextDecoder().decode(x.value as Uint8Array)
+      );
+      renamedWeights.set(inputs[1], `${m[1].replaceAll("/", ".")}.weight`);
+      return msg(1, node.map((x) => x.field === 3 ? str(3, `MatMul_${counter++}`) : x));
+    });
+    const rename = (n: string) => renamedWeights.get(n) ?? n;
+    return nodes.map((f) => {
+      if (f.field === 1) {
+        const node = decodeMessage(f.value as Uint8Array);
+        return msg(
+          1,
+          node.map((x) =>
+            x.field === 1 ? str(1, rename(new TextDecoder().decode(x.value as Uint8Array))) : x
+          ),
+        );
+      }
+      if (f.field === 5) {
+        const tensor = decodeMessage(f.value as Uint8Array);
+        return msg(
+          5,
+          tensor.map((x) =>
+            x.field === 8 ? str(8, rename(new TextDecoder().decode(x.value as Uint8Array))) : x
+          ),
+        );
+      }
+      return f;
+    });
+  });
+  assertEquals(counter, 56);
+  assertEquals(findLoraTargets(variant), targets);
+  const lora = await ort.InferenceSession.create(addLoraInputs(variant).model);
+  const feeds = unetFeeds(1);
+  const rows: RowAdapters[] = [[{ adapter: adapterA, scale: 1 }]];
+  const merged = await ort.InferenceSession.create(
+    mergeIntoWeights(unetBytes, mergedDelta([{ file: legacyFile(), scale: 1 }])),
+  );
+  assertClose(
+    await runOut(lora, { ...feeds, ...packLoraFeeds(targets, rows) }),
+    await runOut(merged, feeds),
+    1e-4,
+    "readable-names variant",
+  );
+});
+
+Deno.test("graph cache: external-data weights are hard-linked, not copied; the entry is keyed by the graph's content", async () => {
+  const dir = await Deno.makeTempDir(), cache = await Deno.makeTempDir();
+  try {
+    // Move every initializer's bytes to unet/weights.pb, as large SD exports store them.
+    const chunks: Uint8Array[] = [];
+    let offset = 0;
+    const external = editGraph(unetBytes, (graph) =>
+      graph.map((f) => {
+        if (f.field !== 5) return f;
+        const tensor = decodeMessage(f.value as Uint8Array);
+        const raw = tensor.find((x) => x.field === 9);
+        if (!raw) return f;
+        const bytes = raw.value as Uint8Array;
+        chunks.push(bytes);
+        const entry = (k: string, v: string) => msg(13, [str(1, k), str(2, v)]);
+        const moved = [
+          ...tensor.filter((x) => x.field !== 9),
+          entry("location", "weights.pb"),
+          entry("offset", String(offset)),
+          entry("length", String(bytes.length)),
+          int(14, 1),
+        ];
+        offset += bytes.length;
+        return msg(5, moved);
+      }));
+    await Deno.mkdir(`${dir}/unet`);
+    await Deno.writeFile(`${dir}/unet/model.onnx`, external);
+    const weights = new Uint8Array(offset);
+    let at = 0;
+    for (const c of chunks) {
+      weights.set(c, at);
+      at += c.length;
+    }
+    await Deno.writeFile(`${dir}/unet/weights.pb`, weights);
+    assert(external.length < unetBytes.length / 4, "the graph file no longer holds the weights");
+
+    const first = await loraGraph(`${dir}/unet/model.onnx`, cache);
+    const entry = first.path.slice(0, -"/model.onnx".length);
+    const [linked, original] = [
+      await Deno.stat(`${entry}/weights.pb`),
+      await Deno.stat(`${dir}/unet/weights.pb`),
+    ];
+    assertEquals(linked.ino, original.ino, "the weights file is the same inode (a hard link)");
+    const session = await ort.InferenceSession.create(first.path);
+    const feeds = unetFeeds(2);
+    assertEquals(
+      Array.from(await runOut(session, { ...feeds, ...packLoraFeeds(first.targets, [[], []]) })),
+      Array.from(await runOut(await ort.InferenceSession.create(unetBytes), feeds)),
+    );
+    const again = await loraGraph(`${dir}/unet/model.onnx`, cache);
+    assertEquals(again.path, first.path);
+    await Deno.writeFile(
+      `${dir}/unet/model.onnx`,
+      editGraph(external, (g) => [...g, str(10, "a changed doc string")]),
+    );
+    const changed = await loraGraph(`${dir}/unet/model.onnx`, cache);
+    assert(changed.path !== first.path, "a different graph gets its own entry");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(cache, { recursive: true });
+  }
+});
