@@ -1,5 +1,6 @@
 /** The server's configuration: one typed object, validated once from the environment at start-up. */
 import { z } from "zod";
+import { PROVIDER_CHOICES, type ProviderChoice } from "./pipeline/execution_provider.ts";
 
 const integer = (fallback: number, min = 0) => z.coerce.number().int().min(min).default(fallback);
 const flag = (fallback: boolean) =>
@@ -15,7 +16,9 @@ const schema = z.object({
   PORT: integer(8000),
   HOST: z.string().default("0.0.0.0"),
   MODEL: z.string().optional(),
-  EXECUTION_PROVIDER: z.enum(["cpu", "cuda", "webgpu"]).default("cpu"),
+  EXECUTION_PROVIDER: z.enum(PROVIDER_CHOICES).default("cpu"),
+  SHUTDOWN_TIMEOUT_MS: integer(30_000),
+  SHUTDOWN_DRAIN_DELAY_MS: integer(0),
   BATCHING: flag(true),
   BATCH_MAX_ROWS: integer(64, 1),
   BATCH_MAX_WAIT_MS: integer(0),
@@ -48,7 +51,9 @@ export interface Config {
   host: string;
   /** Unset: the embedded model. A local directory, or a Hugging Face repo id. */
   model?: string;
-  executionProvider: "cpu" | "cuda" | "webgpu";
+  executionProvider: ProviderChoice;
+  /** SIGTERM: how long to keep answering (readiness 503) before closing, and the deadline for in-flight work. */
+  shutdown: { drainDelayMs: number; timeoutMs: number };
   batch: { enabled: boolean; maxRows: number; maxWaitMs: number };
   limits: {
     maxConcurrentRequests: number;
@@ -87,6 +92,7 @@ export function loadConfig(env: Record<string, string | undefined> = Deno.env.to
     host: e.HOST,
     model: e.MODEL,
     executionProvider: e.EXECUTION_PROVIDER,
+    shutdown: { drainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS, timeoutMs: e.SHUTDOWN_TIMEOUT_MS },
     batch: { enabled: e.BATCHING, maxRows: e.BATCH_MAX_ROWS, maxWaitMs: e.BATCH_MAX_WAIT_MS },
     limits: {
       maxConcurrentRequests: e.MAX_CONCURRENT_REQUESTS,

@@ -18,7 +18,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   const location = await resolveModel(config.model, config.hub);
   const model = await DiffusionModel.load(location.directory, location.name, {
     batch: config.batch,
-    executionProviders: [config.executionProvider],
+    executionProvider: config.executionProvider,
     cacheDir: config.cacheDir,
   });
   const adapters = new AdapterRegistry(new Map(model.loraTargets.map((t) => [t.module, t])), {
@@ -40,9 +40,18 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     url: `http://${hostname === "0.0.0.0" ? "127.0.0.1" : hostname}:${port}`,
     model,
     adapters,
+    /**
+     * Graceful stop: readiness turns 503 and new work is refused with 503 for the drain delay (so
+     * load balancers move away), then the listener closes and in-flight requests finish, up to
+     * the shutdown deadline.
+     */
     async close() {
       draining = true;
-      await server.shutdown();
+      await new Promise((r) => setTimeout(r, config.shutdown.drainDelayMs));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const deadline = new Promise<void>((r) => timer = setTimeout(r, config.shutdown.timeoutMs));
+      await Promise.race([server.shutdown(), deadline]);
+      clearTimeout(timer);
       await model.release();
       await stopTelemetry();
     },

@@ -51,8 +51,12 @@ export interface RunStats {
 /** Runs the model on concatenated feeds; `rowData` lists each row's per-row data (or undefined). */
 export type RunFn = (feeds: Feeds, rowData: readonly unknown[]) => Promise<Feeds>;
 
+/** Told about every finished run: its rows and its duration. */
+export type RunObserver = (rows: number, seconds: number) => void;
+
 export class Batcher {
   readonly stats: RunStats = { runs: 0, rows: 0, calls: 0 };
+  readonly observers: RunObserver[] = [];
   #queue: PendingCall[] = [];
   #running = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -131,6 +135,7 @@ export class Batcher {
       "batch.requests": batch.length,
       ...(tags.length ? { "batch.timesteps": tags.join(",") } : {}),
     }, links);
+    const started = performance.now();
     try {
       const rowData = batch.flatMap((c) => c.rowData ?? new Array(c.rows).fill(undefined));
       const outputs = await this.run(
@@ -140,6 +145,8 @@ export class Batcher {
       this.stats.runs++;
       this.stats.rows += rows;
       this.stats.calls += batch.length;
+      const seconds = (performance.now() - started) / 1000;
+      for (const observe of this.observers) observe(rows, seconds);
       let offset = 0;
       for (const call of batch) {
         call.resolve(batch.length === 1 ? outputs : sliceFeeds(outputs, offset, call.rows, rows));

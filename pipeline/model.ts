@@ -8,6 +8,7 @@ import * as ort from "onnxruntime-node";
 import { Batcher, type BatchOptions, type CallOptions, type Feeds } from "./batcher.ts";
 import { ClipTokenizer } from "./tokenizer.ts";
 import type { ScheduleConfig } from "./scheduler.ts";
+import { type ProviderChoice, type ProviderSelection, selectProvider } from "./execution_provider.ts";
 import { loraGraph } from "../loras/graph_cache.ts";
 import type { LoraTarget } from "../loras/graph_rewrite.ts";
 import { compositionKey, packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
@@ -29,7 +30,7 @@ export interface ModelInfo {
 
 export interface ModelOptions {
   batch: BatchOptions;
-  executionProviders: string[];
+  executionProvider: ProviderChoice;
   /** Where the LoRA-rewritten UNet is cached. */
   cacheDir: string;
 }
@@ -93,11 +94,22 @@ export class DiffusionModel {
     readonly batchers: Record<"textEncoder" | "unet" | "vaeDecoder", Batcher> & { vaeEncoder?: Batcher },
     /** The attention projections that take per-row LoRA inputs. */
     readonly loraTargets: LoraTarget[],
+    /** The execution provider in use and those passed over. */
+    readonly provider: ProviderSelection,
   ) {}
 
   static async load(directory: string, name: string, options: ModelOptions): Promise<DiffusionModel> {
+    const selection = await selectProvider(options.executionProvider, async (provider) => {
+      const probe = await ort.InferenceSession.create(`${directory}/text_encoder/model.onnx`, {
+        executionProviders: [provider],
+      });
+      await probe.release();
+    });
+    for (const { provider, reason } of selection.skipped) {
+      console.warn(`execution provider ${provider} unavailable: ${reason}`);
+    }
     const sessionOptions: ort.InferenceSession.SessionOptions = {
-      executionProviders: options.executionProviders,
+      executionProviders: [selection.provider],
       graphOptimizationLevel: "all",
     };
     const open = (part: string) =>
@@ -153,6 +165,7 @@ export class DiffusionModel {
       { textEncoder, unet, vaeDecoder, vaeEncoder },
       batchers,
       lora.targets,
+      selection,
     );
   }
 

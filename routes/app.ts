@@ -18,6 +18,7 @@ import type { AdapterRegistry } from "../loras/registry.ts";
 import type { Config } from "../config.ts";
 import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
+import { counterValue, gauge, ServerMetrics } from "../metrics.ts";
 
 type Env = { Variables: { span: Span } };
 
@@ -64,6 +65,19 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
   };
   const app = new Hono<Env>();
 
+  const metrics = new ServerMetrics();
+  model.batchers.unet.observers.push((rows, seconds) => {
+    metrics.batchRows.observe(rows);
+    metrics.unetSeconds.observe(seconds);
+  });
+  app.use("*", async (c, next) => {
+    try {
+      await next();
+    } finally {
+      const route = c.req.routePath === "*" || c.res.status === 404 ? "unmatched" : c.req.routePath;
+      metrics.requests.inc({ route, method: c.req.method, status: String(c.res.status) });
+    }
+  });
   app.use("*", async (c, next) => {
     const span = startSpan(`${c.req.method} ${c.req.path}`, undefined, {
       "http.request.method": c.req.method,
@@ -99,6 +113,22 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
     return c.json(errorBody("internal", "internal error"), 500);
   });
   app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
+
+  // While draining, new work is refused (the listener still answers health checks).
+  for (const path of ["/generate", "/invert", "/edit", "/interpolate"]) {
+    app.use(path, async (c, next) => {
+      if (!services.ready()) {
+        throw new ApiError(
+          503,
+          "draining",
+          "the server is shutting down; retry on another replica",
+          undefined,
+          { "Retry-After": "1" },
+        );
+      }
+      await next();
+    });
+  }
 
   app.post("/generate", async (c) => {
     const body = await validate(schemas.generate, await readJson(c), c.var.span);
@@ -137,7 +167,9 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
         native_width: model.info.nativeWidth,
         native_height: model.info.nativeHeight,
         latent_channels: model.info.latentChannels,
-        execution_provider: config.executionProvider,
+        execution_provider: model.provider.provider,
+        execution_provider_choice: config.executionProvider,
+        execution_providers_skipped: model.provider.skipped,
         capabilities: {
           generate: true,
           invert: model.info.canEncodeImages,
@@ -151,6 +183,34 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
         adapters: services.adapters.loaded(),
       }],
     }));
+
+  app.get("/metrics", (c) => {
+    const adapterStats = services.adapters.stats;
+    const body = [
+      metrics.requests.render(),
+      gauge("sd_requests_in_flight", "Requests admitted and not yet finished", admission.active),
+      gauge(
+        "sd_queue_depth",
+        "UNet calls waiting for the next batched run",
+        model.batchers.unet.pendingCalls,
+      ),
+      metrics.batchRows.render(),
+      metrics.unetSeconds.render(),
+      counterValue("sd_adapter_cache_hits_total", "Adapter requests served from memory", adapterStats.hits),
+      counterValue(
+        "sd_adapter_cache_misses_total",
+        "Adapter requests that loaded from disk or the hub",
+        adapterStats.misses,
+      ),
+      counterValue(
+        "sd_adapter_downloads_total",
+        "Adapter files downloaded from the hub",
+        adapterStats.downloads,
+      ),
+      gauge("sd_adapter_cache_bytes", "Bytes of parsed adapters in memory", services.adapters.bytes),
+    ].join("\n") + "\n";
+    return c.text(body, 200, { "Content-Type": "text/plain; version=0.0.4" });
+  });
 
   const openapi = openApiDocument(schemas);
   app.get("/openapi.json", (c) => c.json(openapi));

@@ -21,7 +21,7 @@ Deno.test("DDIM: the server's loop matches the Python reference sampler to 1e-4 
   const io = fixture.graphs.ddim;
   const model = await DiffusionModel.load(MODEL_DIR, "test", {
     batch: { enabled: true, maxRows: 64, maxWaitMs: 0 },
-    executionProviders: ["cpu"],
+    executionProvider: "cpu",
     cacheDir: testConfig().cacheDir,
   });
   try {
