@@ -105,9 +105,10 @@ export async function handleGenerate(
         await stream.writeSSE({ event: "result", data: JSON.stringify(jsonBody(outcome)) });
       } catch (error) {
         if (!signal.aborted) {
+          console.error(error);
           await stream.writeSSE({
             event: "error",
-            data: JSON.stringify(errorBody("internal", String(error))),
+            data: JSON.stringify(errorBody("internal", "internal error")),
           });
         }
       } finally {
