@@ -56,3 +56,30 @@ export function assertClose(
     );
   }
 }
+
+/** `main.ts` in a child process, as `deno task start` runs it; resolves once it prints its URL. */
+export async function spawnMain(
+  env: Record<string, string>,
+): Promise<{ url: string; child: Deno.ChildProcess; stop: () => Promise<void> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--unstable-no-legacy-abort", new URL("../main.ts", import.meta.url).pathname],
+    env: { PORT: "0", HOST: "127.0.0.1", MODEL: MODEL_DIR, ...env },
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let banner = "";
+  while (!/http:\/\/\S+:\d+/.test(banner)) {
+    const { value, done } = await lines.read();
+    if (done) throw new Error(`main.ts exited before serving: ${banner}`);
+    banner += value;
+  }
+  void lines.cancel().catch(() => {});
+  const stop = async () => {
+    try {
+      child.kill("SIGTERM");
+    } catch { /* already gone */ }
+    await child.status;
+  };
+  return { url: banner.match(/http:\/\/\S+:\d+/)![0], child, stop };
+}

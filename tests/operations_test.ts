@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert, rejects as assertRejects } from "node:assert/strict";
-import { MODEL_DIR, post, withServer } from "./helpers.ts";
+import { post, spawnMain, withServer } from "./helpers.ts";
 import { selectProvider } from "../pipeline/execution_provider.ts";
 
 Deno.test("execution provider: auto falls back to the best that loads and says why; an explicit one must load", async () => {
@@ -61,16 +61,7 @@ Deno.test("metrics: Prometheus text with requests by route and status, batch row
 });
 
 Deno.test("graceful shutdown: SIGTERM drains (readiness 503, new work 503), the in-flight request completes, exit 0", async () => {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--unstable-no-legacy-abort", new URL("../main.ts", import.meta.url).pathname],
-    env: { PORT: "0", HOST: "127.0.0.1", MODEL: MODEL_DIR, SHUTDOWN_DRAIN_DELAY_MS: "400" },
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let banner = "";
-  while (!/http:\/\/\S+:\d+/.test(banner)) banner += (await lines.read()).value ?? "";
-  const url = banner.match(/http:\/\/\S+:\d+/)![0];
+  const { url, child } = await spawnMain({ SHUTDOWN_DRAIN_DELAY_MS: "400" });
   const res = await post(`${url}/generate`, {
     prompt: "a large blue cross on a white background",
     steps: 80,
@@ -92,5 +83,4 @@ Deno.test("graceful shutdown: SIGTERM drains (readiness 503, new work 503), the 
   for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) stream += chunk.value;
   assert(stream.includes("event: result"), "the in-flight request finished with its result");
   assertEquals((await child.status).code, 0);
-  void lines.cancel();
 });

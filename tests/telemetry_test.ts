@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { MODEL_DIR, post } from "./helpers.ts";
+import { post, spawnMain } from "./helpers.ts";
 
 interface OtlpSpan {
   traceId: string;
@@ -37,23 +37,12 @@ const attr = (span: OtlpSpan, key: string) => {
 
 Deno.test("telemetry: one /generate exports its span tree over OTLP to a loopback receiver", async () => {
   const receiver = startReceiver();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--unstable-no-legacy-abort", new URL("../main.ts", import.meta.url).pathname],
-    env: {
-      PORT: "0",
-      HOST: "127.0.0.1",
-      MODEL: MODEL_DIR,
-      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
-      OTEL_SERVICE_NAME: "telemetry-test",
-    },
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
+  const main = await spawnMain({
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_SERVICE_NAME: "telemetry-test",
+  });
   try {
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let banner = "";
-    while (!/http:\/\/\S+:\d+/.test(banner)) banner += (await reader.read()).value ?? "";
-    const url = banner.match(/http:\/\/\S+:\d+/)![0];
+    const url = main.url;
     const res = await post(`${url}/generate`, {
       prompt: "a small red circle on a blue background",
       steps: 4,
@@ -88,8 +77,7 @@ Deno.test("telemetry: one /generate exports its span tree over OTLP to a loopbac
       assertEquals(run?.links?.[0].spanId, root.spanId, name);
     }
   } finally {
-    child.kill("SIGTERM");
-    await child.status;
+    await main.stop();
     await receiver.close();
   }
 });
