@@ -3,6 +3,7 @@ import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import type { z } from "zod";
 import { ApiError, errorBody, errorResponse, fromZodError } from "./errors.ts";
+import { apiKeys, corsFor, deadline, isDeadline } from "./access.ts";
 import { Admission } from "./admission.ts";
 import {
   editRequestSchema,
@@ -20,7 +21,7 @@ import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
 import { counterValue, gauge, ServerMetrics } from "../metrics.ts";
 
-type Env = { Variables: { span: Span } };
+type Env = { Variables: { span: Span; signal: AbortSignal } };
 
 export interface AppServices {
   model: DiffusionModel;
@@ -92,6 +93,9 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
       span.end();
     }
   });
+  app.use("*", corsFor(config.access.corsOrigins));
+  app.use("*", apiKeys(config.access.apiKeys));
+  app.use("*", deadline(config.access.requestTimeoutMs));
   app.use(
     "*",
     bodyLimit({
@@ -106,6 +110,15 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
 
   app.onError((error, c) => {
     if (error instanceof ApiError) return errorResponse(c, error);
+    if (isDeadline(c, error)) {
+      return c.json(
+        errorBody(
+          "deadline_exceeded",
+          `the request ran past its ${config.access.requestTimeoutMs} ms deadline`,
+        ),
+        504,
+      );
+    }
     if (c.req.raw.signal.aborted) {
       return c.json(errorBody("client_closed", "the client went away"), 499 as 400);
     }

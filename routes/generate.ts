@@ -5,6 +5,7 @@ import { encodeBase64 } from "./base64.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
 import { startTask } from "./adapters.ts";
+import { isDeadline } from "./access.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
 import type { GenerateRequest } from "./schemas.ts";
 import { generate, type GenerateResult } from "../pipeline/generate.ts";
@@ -68,7 +69,7 @@ export async function handleGenerate(
   };
   const { lora: _lora, ...echoed } = body;
   const parameters = { ...echoed, seed, ...(adapters.report.length ? { lora: adapters.report } : {}) };
-  const signal = c.req.raw.signal;
+  const signal: AbortSignal = c.get("signal") ?? c.req.raw.signal;
   const format = reply === "json" || reply === "sse" ? body.output_format : reply;
 
   const run = async (onProgress?: (step: number, total: number) => void) => {

@@ -113,7 +113,7 @@ export async function handleInvert(
   const image = await readImage(deps, "image", body.image, body.fit);
   const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
   try {
-    const ctx: TaskContext = { signal: c.req.raw.signal, span };
+    const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
     const result = await invertImage(deps.model, {
       image,
       prompt: body.prompt,
@@ -154,7 +154,7 @@ export async function handleEdit(
   const given = body.latent === undefined ? undefined : readLatent(deps, "latent", body.latent);
   const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
   try {
-    const ctx: TaskContext = { signal: c.req.raw.signal, span };
+    const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
     let start = given, reconstruction: RgbImage | undefined;
     if (image && body.return_reconstruction) {
       const inverted = await invertImage(deps.model, {
@@ -243,7 +243,7 @@ export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: 
   }
   const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
   try {
-    const ctx: TaskContext = { signal: c.req.raw.signal, span };
+    const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
     const [fromEmbedding, toEmbedding, uncond] = await encodePrompts(model, [
       body.from.prompt,
       body.to.prompt,

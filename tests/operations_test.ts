@@ -84,3 +84,43 @@ Deno.test("graceful shutdown: SIGTERM drains (readiness 503, new work 503), the 
   assert(stream.includes("event: result"), "the in-flight request finished with its result");
   assertEquals((await child.status).code, 0);
 });
+
+Deno.test("access: API keys (same 401 for missing and wrong keys; health stays open), CORS, per-request deadline", async () => {
+  await withServer({ API_KEYS: "key-one,key-two", CORS_ORIGINS: "https://app.example" }, async ({ url }) => {
+    const body = { prompt: "a small red circle on a blue background", steps: 2 };
+    const missing = await post(`${url}/generate`, body);
+    const wrong = await post(`${url}/generate`, body, { authorization: "Bearer key-on" });
+    const missingText = await missing.text(), wrongText = await wrong.text();
+    assertEquals([missing.status, wrong.status], [401, 401]);
+    assertEquals(missingText, wrongText, "nothing tells which part failed");
+    assertEquals(missing.headers.get("www-authenticate")?.startsWith("Bearer"), true);
+    assertEquals((await post(`${url}/generate`, body, { authorization: "Bearer key-two" })).status, 200);
+    assertEquals((await fetch(`${url}/v1/models`)).status, 401);
+    assertEquals((await fetch(`${url}/health`)).status, 200);
+
+    const preflight = await fetch(`${url}/generate`, {
+      method: "OPTIONS",
+      headers: {
+        origin: "https://app.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type",
+      },
+    });
+    assertEquals(preflight.headers.get("access-control-allow-origin"), "https://app.example");
+    await preflight.body?.cancel();
+    const foreign = await fetch(`${url}/health`, { headers: { origin: "https://evil.example" } });
+    assertEquals(foreign.headers.get("access-control-allow-origin"), null);
+    await foreign.body?.cancel();
+  });
+  await withServer({ REQUEST_TIMEOUT_MS: "300" }, async ({ url, model }) => {
+    const late = await post(`${url}/generate`, {
+      prompt: "a large white square on a black background",
+      steps: 150,
+    });
+    assertEquals([late.status, (await late.json()).error.code], [504, "deadline_exceeded"]);
+    const calls = model.batchers.unet.stats.calls;
+    await new Promise((r) => setTimeout(r, 200));
+    assertEquals(model.batchers.unet.stats.calls, calls, "its remaining steps were cancelled");
+    assertEquals((await post(`${url}/generate`, { prompt: "x", steps: 1 })).status, 200);
+  });
+});

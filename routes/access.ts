@@ -1,0 +1,65 @@
+/** Who may call, from where, and for how long: API keys, CORS, and a per-request deadline. */
+import type { Context, MiddlewareHandler } from "hono";
+import { cors } from "hono/cors";
+import { timingSafeEqual } from "node:crypto";
+import { ApiError } from "./errors.ts";
+
+const OPEN_PATHS = /^\/health(\/|$)/;
+
+async function digest(text: string): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+}
+
+/**
+ * Bearer API keys. Keys are compared as SHA-256 digests with a constant-time comparison, against
+ * every configured key, so neither the length nor the prefix of a key leaks through timing; every
+ * failure gets the same 401. Health checks stay open for probes.
+ */
+export function apiKeys(keys: string[]): MiddlewareHandler {
+  const digests = Promise.all(keys.map(digest));
+  return async (c, next) => {
+    if (keys.length === 0 || OPEN_PATHS.test(c.req.path) || c.req.method === "OPTIONS") return await next();
+    const header = c.req.header("authorization") ?? "";
+    const presented = await digest(header.startsWith("Bearer ") ? header.slice(7) : "");
+    let match = false;
+    for (const known of await digests) match = timingSafeEqual(known, presented) || match;
+    if (!match) {
+      throw new ApiError(
+        401,
+        "unauthorized",
+        "a valid API key is required: Authorization: Bearer <key>",
+        undefined,
+        {
+          "WWW-Authenticate": 'Bearer realm="smooth-diffusion"',
+        },
+      );
+    }
+    await next();
+  };
+}
+
+/** CORS for the configured origins ("*" for any); none configured: no CORS headers at all. */
+export function corsFor(origins: string[]): MiddlewareHandler {
+  if (origins.length === 0) return async (_c, next) => await next();
+  return cors({
+    origin: origins.includes("*") ? "*" : origins,
+    allowHeaders: ["Content-Type", "Authorization", "Accept"],
+    allowMethods: ["GET", "POST", "OPTIONS"],
+    exposeHeaders: ["Retry-After", "X-Seed"],
+    maxAge: 600,
+  });
+}
+
+/** The signal a request's work runs under: the client leaving, or the request's deadline passing. */
+export function deadline(ms: number): MiddlewareHandler {
+  return async (c, next) => {
+    c.set("signal", AbortSignal.any([c.req.raw.signal, AbortSignal.timeout(ms)]));
+    await next();
+  };
+}
+
+export function isDeadline(c: Context, error: unknown): boolean {
+  const signal = c.get("signal") as AbortSignal | undefined;
+  return !c.req.raw.signal.aborted && !!signal?.aborted &&
+    (error === signal.reason || (error instanceof DOMException && error.name === "TimeoutError"));
+}
