@@ -1,20 +1,34 @@
-# Serving image: Deno + onnxruntime-node + the embedded model.
-# (The GPU variant with the CUDA execution provider, non-root user and volumes is finished by the
-# production issue; this image runs the CPU provider.)
+# syntax=docker/dockerfile:1
+# GPU serving image: CUDA 12 runtime, Deno, onnxruntime-node with its CUDA execution provider,
+# the embedded model, a non-root user. Build needs internet (npm registry and the CUDA provider
+# download of onnxruntime-node's install script); the running container needs none.
+#
+#   docker build -t smooth-diffusion .
+#   docker run --gpus all -p 8000:8000 -v sd-cache:/data smooth-diffusion
+
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
-RUN npm install -g deno@2.9.6
+RUN npm install -g deno@2.9.6 \
+ && cp "$(npm root -g)/deno/node_modules/@deno/linux-x64-glibc/deno" /usr/local/bin/deno-bin
 COPY deno.json deno.lock ./
 COPY . .
-# Deno does not run onnxruntime-node's install script (it fetches the CUDA provider); CPU ships inside.
-RUN deno install --entrypoint main.ts
+# Allow onnxruntime-node's install script: it fetches the CUDA 12 execution provider.
+RUN deno install --allow-scripts=npm:onnxruntime-node@1.30.0 --entrypoint main.ts \
+ && deno cache main.ts
 
-FROM node:20-bookworm-slim
+FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 10001 --create-home --shell /usr/sbin/nologin server \
+ && mkdir -p /data && chown server /data
+COPY --from=build /usr/local/bin/deno-bin /usr/local/bin/deno
+COPY --from=build --chown=server /app /app
+COPY --from=build --chown=server /root/.cache/deno /home/server/.cache/deno
 WORKDIR /app
-COPY --from=build /usr/local/lib/node_modules/deno /usr/local/lib/node_modules/deno
-RUN ln -s /usr/local/lib/node_modules/deno/bin.cjs /usr/local/bin/deno
-COPY --from=build /app /app
-ENV PORT=8000 HOST=0.0.0.0
+USER server
+ENV PORT=8000 HOST=0.0.0.0 EXECUTION_PROVIDER=auto HF_HOME=/data/huggingface CACHE_DIR=/data/smooth-diffusion \
+    DENO_DIR=/home/server/.cache/deno
+VOLUME ["/data"]
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s CMD node -e "fetch('http://127.0.0.1:'+process.env.PORT+'/health/live').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
-CMD ["deno", "task", "start"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD curl -fsS "http://127.0.0.1:${PORT}/health/live" || exit 1
+CMD ["deno", "run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-ffi", "--allow-sys", "--unstable-no-legacy-abort", "main.ts"]

@@ -49,6 +49,9 @@ const schema = z.object({
   OTEL_SERVICE_NAME: z.string().default("smooth-diffusion-server"),
 });
 
+/** Every environment variable the server reads. */
+export const CONFIG_VARIABLES: readonly string[] = Object.keys(schema.shape);
+
 export interface Config {
   port: number;
   host: string;
