@@ -3,7 +3,7 @@
 # ONNX export with parity fixture, quality evaluation and model card. Every training stage
 # checkpoints to $WORK and resumes, so re-running after an interruption continues where it stopped.
 #
-#   training/build.sh                 # full recipe (about 75 minutes on 2 CPU cores)
+#   training/build.sh                 # full recipe (about 105 minutes on 2 CPU cores)
 #   WORK=/tmp/w VAE_STEPS=20 UNET_STEPS=20 COUNT=256 training/build.sh   # a quick dry run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ WORK=$(realpath -m "${WORK:-scratch/$NAME}")
 OUT=$(realpath -m "${OUT:-models/$NAME}")
 FIXTURES=$(realpath -m "${FIXTURES:-tests/fixtures/$NAME}")
 VAE_STEPS=${VAE_STEPS:-2400}
-UNET_STEPS=${UNET_STEPS:-6000}
+UNET_STEPS=${UNET_STEPS:-7000}
 COUNT=${COUNT:-30000}
 PAIRS=${PAIRS:-200}
 PY=/usr/bin/python3

@@ -80,7 +80,7 @@ shared embedding. ONNX opset 17, float32; the UNet takes a per-row `timestep` in
 | stage | steps | batch | time |
 |---|---|---|---|
 | VAE (MSE + 0.1 L1 + 1e-6 KL, AdamW 5e-4 cosine) | {vae_ckpt['step']} | 16 | {minutes(vae_ckpt['elapsed'])} |
-| UNet + text encoder (MSE on epsilon, AdamW 3e-4, EMA 0.999) | {export['unet_training']['steps']} | 64 | {minutes(export['unet_training']['seconds'])} |
+| UNet + text encoder (MSE on epsilon, AdamW 3e-4, cosine decay over the last 40%, EMA 0.999) | {export['unet_training']['steps']} | 64 | {minutes(export['unet_training']['seconds'])} |
 
 Hardware: {cpu_name()}, 2 cores, CPU only (torch {torch.__version__}, Debian's python3-torch).
 Seeds are fixed; each stage resumes from its checkpoint with the same batches.

@@ -125,6 +125,15 @@ def encode_latents(work: Path, count: int) -> tuple[torch.Tensor, list[str], flo
 
 
 # ---------------------------------------------------------------- UNet + text encoder
+def unet_lr(step: int, steps: int, lr: float) -> float:
+    """Warm-up over 200 steps, constant until 60% of the run, then cosine decay to a tenth."""
+    decay_start = int(0.6 * steps)
+    if step < decay_start:
+        return lr * min(1.0, (step + 1) / 200)
+    progress = (step - decay_start) / max(1, steps - decay_start)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
 def train_unet(work: Path, steps: int, batch: int, count: int, lr: float, ema_decay: float) -> None:
     latents, captions, scaling_factor = encode_latents(work, count)
     latents = latents * scaling_factor
@@ -158,7 +167,7 @@ def train_unet(work: Path, steps: int, batch: int, count: int, lr: float, ema_de
         a = alphas[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 200)
+            group["lr"] = unet_lr(step, steps, lr)
         pred = unet(xt, t, text_encoder(tokens))
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
@@ -202,7 +211,7 @@ def main() -> None:
     if args.stage == "vae":
         train_vae(args.work, args.steps or 1200, args.batch or 16, args.count, lr=5e-4)
     else:
-        train_unet(args.work, args.steps or 5000, args.batch or 64, args.count, lr=3e-4, ema_decay=0.999)
+        train_unet(args.work, args.steps or 7000, args.batch or 64, args.count, lr=3e-4, ema_decay=0.999)
 
 
 if __name__ == "__main__":
