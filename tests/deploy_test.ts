@@ -4,7 +4,8 @@ import { parseAllDocuments } from "yaml";
 import { CONFIG_VARIABLES, loadConfig } from "../config.ts";
 import { withServer } from "./helpers.ts";
 
-const docs = parseAllDocuments(await Deno.readTextFile(new URL("../deploy/kubernetes.yaml", import.meta.url))).map((d) => d.toJS());
+const docs = parseAllDocuments(await Deno.readTextFile(new URL("../deploy/kubernetes.yaml", import.meta.url)))
+  .map((d) => d.toJS());
 const deployment = docs.find((d) => d.kind === "Deployment");
 const container = deployment.spec.template.spec.containers[0];
 const env: { name: string; value?: string }[] = container.env;

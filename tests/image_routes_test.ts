@@ -232,3 +232,35 @@ Deno.test("inversion: the model's own images reconstruct, and fixed-point invers
     assert(mean(ddim) > 15, `DDIM inversion reconstructs its own images: ${ddim}`);
   });
 });
+
+Deno.test("ISTD: the mean over prompts of the std of adjacent-frame distances, as /interpolate reports per pair", async () => {
+  const { measureIstd } = await import("../pipeline/istd.ts");
+  await withServer({}, async ({ url, model }) => {
+    const prompts = [PROMPT, OTHER];
+    const seeds: [number, number][] = [[11, 12], [13, 14]];
+    const measured = await measureIstd(model, {
+      prompts,
+      seeds,
+      frames: 4,
+      steps: 6,
+      guidanceScale: 7.5,
+      adapters: [],
+    });
+    const viaApi = await Promise.all(prompts.map(async (prompt, i) => {
+      const res = await post(`${url}/interpolate`, {
+        from: { prompt, seed: seeds[i][0] },
+        to: { prompt, seed: seeds[i][1] },
+        frames: 4,
+        steps: 6,
+      });
+      return (await res.json()).istd as number;
+    }));
+    viaApi.forEach((istd, i) =>
+      assert(
+        Math.abs(istd - measured.perPrompt[i]) <= 0.02 * istd + 1e-3,
+        `${istd} vs ${measured.perPrompt[i]}`,
+      )
+    );
+    assert(Math.abs(measured.istd - (measured.perPrompt[0] + measured.perPrompt[1]) / 2) < 1e-12);
+  });
+});
