@@ -9,7 +9,8 @@ trap 'rm -rf "$tmp"' EXIT
 WORK=$tmp/work OUT=$tmp/model FIXTURES=$tmp/fixtures VAE_STEPS=4 UNET_STEPS=4 COUNT=64 PAIRS=4 \
   training/build.sh > "$tmp/build.log" 2>&1 || { tail -n 40 "$tmp/build.log"; exit 1; }
 # Resume: a second run of a finished stage starts from its checkpoint and adds nothing.
-(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 train.py unet --work "$tmp/work" --steps 6 --count 64 | grep -q "resumed at step 4")
+resumed=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 train.py unet --work "$tmp/work" --steps 6 --count 64)
+grep -q "resumed at step 4" <<<"$resumed" || { echo "the UNet stage did not resume: $resumed"; exit 1; }
 /usr/bin/python3 - "$tmp" <<'PY'
 import json, sys
 from pathlib import Path
