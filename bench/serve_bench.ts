@@ -4,7 +4,9 @@
  * same rows per run. Everything runs in one process, one configuration after another per level,
  * so the ratios compare like with like on a noisy machine.
  *
- *   deno task bench [--steps 50] [--requests-per-level 16] [--levels 1,4,8,16]
+ *   deno task bench [--steps 50] [--requests-per-level 16] [--levels 1,4,8,16] [--rounds 3]
+ *
+ * Each level runs `rounds` interleaved rounds (batched, unbatched, ceiling) and reports medians.
  */
 import * as ort from "onnxruntime-node";
 import { parseArgs } from "node:util";
@@ -18,6 +20,7 @@ const { values } = parseArgs({
   options: {
     steps: { type: "string", default: "50" },
     "requests-per-level": { type: "string", default: "16" },
+    rounds: { type: "string", default: "3" },
     levels: { type: "string", default: "1,4,8,16" },
     model: { type: "string", default: new URL("../models/tiny-sd-shapes", import.meta.url).pathname },
   },
@@ -110,21 +113,33 @@ const hidden = servers.batched.model.info.hiddenSize;
 
 const rows: string[] = [];
 const summary: Record<number, { batched: LevelResult; unbatched: LevelResult; ceiling: number }> = {};
+/** Per-round results combined: throughput and latency percentiles by median over rounds. */
+function medianOf(results: LevelResult[]): LevelResult {
+  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  return {
+    imagesPerSecond: med(results.map((r) => r.imagesPerSecond)),
+    p50: med(results.map((r) => r.p50)),
+    p95: med(results.map((r) => r.p95)),
+  };
+}
+
 for (const level of levels) {
   const total = Math.max(Number(values["requests-per-level"]), level * 2);
   await loadLevel(servers.batched.url, level, level); // warm-up
-  const batched = await loadLevel(servers.batched.url, level, total);
   await loadLevel(servers.unbatched.url, level, level);
-  const unbatched = await loadLevel(servers.unbatched.url, level, total);
-  const ceiling = await rawUnet(unet, 2 * level, hidden, Math.max(20, 400 / level));
+  // Interleaved rounds: the machine's noise falls on all three measurements alike.
+  const rounds = { batched: [] as LevelResult[], unbatched: [] as LevelResult[], ceiling: [] as number[] };
+  for (let r = 0; r < Number(values.rounds); r++) {
+    rounds.batched.push(await loadLevel(servers.batched.url, level, total));
+    rounds.unbatched.push(await loadLevel(servers.unbatched.url, level, total));
+    rounds.ceiling.push(await rawUnet(unet, 2 * level, hidden, Math.max(20, 400 / level)));
+  }
+  const batched = medianOf(rounds.batched), unbatched = medianOf(rounds.unbatched);
+  const ceiling = [...rounds.ceiling].sort((a, b) => a - b)[Math.floor(rounds.ceiling.length / 2)];
   summary[level] = { batched, unbatched, ceiling };
   rows.push(
-    `| ${level} | ${batched.imagesPerSecond.toFixed(2)} | ${batched.p50.toFixed(0)} / ${
-      batched.p95.toFixed(0)
-    } | ` +
-      `${unbatched.imagesPerSecond.toFixed(2)} | ${unbatched.p50.toFixed(0)} / ${
-        unbatched.p95.toFixed(0)
-      } | ` +
+    `| ${level} | ${batched.imagesPerSecond.toFixed(2)} | ${batched.p50.toFixed(0)} / ${batched.p95.toFixed(0)} | ` +
+      `${unbatched.imagesPerSecond.toFixed(2)} | ${unbatched.p50.toFixed(0)} / ${unbatched.p95.toFixed(0)} | ` +
       `${ceiling.toFixed(2)} | ${(batched.imagesPerSecond / unbatched.imagesPerSecond).toFixed(2)}x | ` +
       `${(batched.imagesPerSecond / ceiling).toFixed(2)}x |`,
   );
@@ -135,7 +150,7 @@ await servers.unbatched.close();
 
 console.log(
   `\nPOST /generate, ${steps} DDIM steps, guidance 7.5, 64x64, ${modelDir.split("/").pop()}; ` +
-    `${navigator.hardwareConcurrency} CPU threads, onnxruntime-node CPU\n`,
+    `${navigator.hardwareConcurrency} CPU threads, onnxruntime-node CPU; median of ${values.rounds} interleaved rounds\n`,
 );
 console.log(
   "| concurrency | batched img/s | batched p50 / p95 ms | unbatched img/s | unbatched p50 / p95 ms | raw UNet ceiling img/s | batched / unbatched | batched / ceiling |",
