@@ -8,7 +8,6 @@
  * at different timesteps, prompts or step counts share each run.
  */
 import * as ort from "onnxruntime-node";
-import { setImmediate } from "node:timers";
 import type { Link } from "@opentelemetry/api";
 import { type Span, startSpan } from "../telemetry.ts";
 
@@ -60,7 +59,7 @@ export class Batcher {
   readonly observers: RunObserver[] = [];
   #queue: PendingCall[] = [];
   #running = false;
-  #timer: ReturnType<typeof setTimeout> | ReturnType<typeof setImmediate> | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(readonly name: string, private readonly run: RunFn, private readonly options: BatchOptions) {}
 
@@ -77,18 +76,13 @@ export class Batcher {
     });
   }
 
-  /**
-   * The next pump, one macrotask away (so every continuation pending in the microtask queue has
-   * queued its call). With no delay it uses setImmediate: chained setTimeout(0) calls are clamped
-   * to 4 ms each after a few levels of nesting, which would cost 4 ms on every denoising step.
-   */
+  /** The next pump, one timer turn away: every call that is about to be submitted has been. */
   #schedule(delayMs: number): void {
     if (this.#running || this.#timer !== undefined) return;
-    const fire = () => {
+    this.#timer = setTimeout(() => {
       this.#timer = undefined;
       this.#pump();
-    };
-    this.#timer = delayMs > 0 ? setTimeout(fire, delayMs) : setImmediate(fire);
+    }, delayMs);
   }
 
   #dropAborted(): void {
