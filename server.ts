@@ -13,8 +13,8 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export async function startServer(config: Config, options: { quiet?: boolean } = {}): Promise<RunningServer> {
-  const stopTelemetry = setupTelemetry(config.telemetry);
+/** The configured model, loaded, and the adapter registry for its LoRA targets (server and tools). */
+export async function loadServing(config: Config) {
   const location = await resolveModel(config.model, config.hub);
   const model = await DiffusionModel.load(location.directory, location.name, {
     batch: config.batch,
@@ -26,6 +26,12 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     ...config.adapters,
     maxAdapterBytes: config.adapters.maxBytes,
   });
+  return { location, model, adapters };
+}
+
+export async function startServer(config: Config, options: { quiet?: boolean } = {}): Promise<RunningServer> {
+  const stopTelemetry = setupTelemetry(config.telemetry);
+  const { location, model, adapters } = await loadServing(config);
   let draining = false;
   const { app } = createApp({ model, adapters, config, ready: () => !draining });
   const server = Deno.serve({

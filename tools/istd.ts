@@ -8,10 +8,8 @@
  */
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config.ts";
-import { DiffusionModel } from "../pipeline/model.ts";
-import { resolveModel } from "../pipeline/model_source.ts";
+import { loadServing } from "../server.ts";
 import { measureIstd } from "../pipeline/istd.ts";
-import { AdapterRegistry } from "../loras/registry.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -26,17 +24,7 @@ const { values } = parseArgs({
   },
 });
 const config = loadConfig();
-const location = await resolveModel(config.model, config.hub);
-const model = await DiffusionModel.load(location.directory, location.name, {
-  batch: config.batch,
-  executionProvider: config.executionProvider,
-  cacheDir: config.cacheDir,
-});
-const registry = new AdapterRegistry(new Map(model.loraTargets.map((t) => [t.module, t])), {
-  ...config.hub,
-  ...config.adapters,
-  maxAdapterBytes: config.adapters.maxBytes,
-});
+const { location, model, adapters: registry } = await loadServing(config);
 const specs = values.lora!.map((spec) => {
   const [repo, revision = "main"] = spec.split("@");
   return { repo, revision, scale: Number(values.scale) };
