@@ -138,8 +138,12 @@ for (const level of levels) {
   const ceiling = [...rounds.ceiling].sort((a, b) => a - b)[Math.floor(rounds.ceiling.length / 2)];
   summary[level] = { batched, unbatched, ceiling };
   rows.push(
-    `| ${level} | ${batched.imagesPerSecond.toFixed(2)} | ${batched.p50.toFixed(0)} / ${batched.p95.toFixed(0)} | ` +
-      `${unbatched.imagesPerSecond.toFixed(2)} | ${unbatched.p50.toFixed(0)} / ${unbatched.p95.toFixed(0)} | ` +
+    `| ${level} | ${batched.imagesPerSecond.toFixed(2)} | ${batched.p50.toFixed(0)} / ${
+      batched.p95.toFixed(0)
+    } | ` +
+      `${unbatched.imagesPerSecond.toFixed(2)} | ${unbatched.p50.toFixed(0)} / ${
+        unbatched.p95.toFixed(0)
+      } | ` +
       `${ceiling.toFixed(2)} | ${(batched.imagesPerSecond / unbatched.imagesPerSecond).toFixed(2)}x | ` +
       `${(batched.imagesPerSecond / ceiling).toFixed(2)}x |`,
   );

@@ -103,6 +103,36 @@ export async function encodeToLatent(
   );
 }
 
+/** x_T of an image: encode it, then invert under the conditional embedding `cond`. */
+export async function invertToNoise(
+  model: DiffusionModel,
+  params: {
+    image: RgbImage;
+    cond: Float32Array;
+    steps: number;
+    method: InversionMethod;
+    adapters: RowAdapters;
+  },
+  ctx: TaskContext,
+): Promise<{ latent: Float32Array; shape: LatentShape }> {
+  const shape: LatentShape = { rows: 1, height: params.image.height / 8, width: params.image.width / 8 };
+  const x0 = await encodeToLatent(model, params.image, ctx);
+  const latent = await inSpan(
+    "invert",
+    ctx.span,
+    () =>
+      invert(model, {
+        latents: x0,
+        shape,
+        steps: params.steps,
+        method: params.method,
+        cond: params.cond,
+        adapters: params.adapters,
+      }, ctx),
+  );
+  return { latent, shape };
+}
+
 export async function invertImage(
   model: DiffusionModel,
   params: InvertImageParams,

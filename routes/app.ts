@@ -129,7 +129,7 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
 
   // While draining, new work is refused (the listener still answers health checks).
   for (const path of ["/generate", "/invert", "/edit", "/interpolate"]) {
-    app.use(path, async (c, next) => {
+    app.use(path, async (_c, next) => {
       if (!services.ready()) {
         throw new ApiError(
           503,

@@ -105,7 +105,12 @@ export async function handleGenerate(
         await writes;
         await stream.writeSSE({ event: "result", data: JSON.stringify(jsonBody(outcome)) });
       } catch (error) {
-        if (!signal.aborted) {
+        if (isDeadline(c, error)) {
+          await stream.writeSSE({
+            event: "error",
+            data: JSON.stringify(errorBody("deadline_exceeded", "the request ran past its deadline")),
+          });
+        } else if (!c.req.raw.signal.aborted) {
           console.error(error);
           await stream.writeSSE({
             event: "error",

@@ -16,7 +16,7 @@ import type { AdapterRegistry } from "../loras/registry.ts";
 import { encodeImage, type OutputFormat, type RgbImage } from "../pipeline/image.ts";
 import { type FitMode, ImageInputError, type ImageLimits, readImageInput } from "../pipeline/image_input.ts";
 import { decodeLatent, encodeLatent } from "../pipeline/latent_codec.ts";
-import { encodeToLatent, invert, invertImage } from "../pipeline/invert.ts";
+import { invertImage, invertToNoise } from "../pipeline/invert.ts";
 import { psnr, ssim } from "../pipeline/metrics.ts";
 import { edit } from "../pipeline/edit.ts";
 import { type Endpoint, interpolate } from "../pipeline/interpolate.ts";
@@ -168,23 +168,14 @@ export async function handleEdit(
       start = { latent: inverted.latent, shape: inverted.shape };
       reconstruction = inverted.reconstruction;
     } else if (image) {
-      const shape = { rows: 1, height: image.height / 8, width: image.width / 8 };
       const [cond] = await encodePrompts(deps.model, [body.source_prompt], ctx);
-      const x0 = await encodeToLatent(deps.model, image, ctx);
-      const latent = await inSpan(
-        "invert",
-        span,
-        () =>
-          invert(deps.model, {
-            latents: x0,
-            shape,
-            steps: body.steps,
-            method: body.method,
-            cond,
-            adapters: adapters.applied,
-          }, ctx),
-      );
-      start = { latent, shape };
+      start = await invertToNoise(deps.model, {
+        image,
+        cond,
+        steps: body.steps,
+        method: body.method,
+        adapters: adapters.applied,
+      }, ctx);
     }
     const edited = await edit(deps.model, {
       latent: start!.latent,
@@ -259,20 +250,13 @@ export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: 
       }
       if ("latent" in s && s.latent) return { latent: s.latent, embedding: embeddings[i] };
       const image = (s as { image: RgbImage }).image;
-      const x0 = await encodeToLatent(model, image, ctx);
-      const latent = await inSpan(
-        "invert",
-        span,
-        () =>
-          invert(model, {
-            latents: x0,
-            shape: native,
-            steps: body.steps,
-            method: body.method,
-            cond: embeddings[i],
-            adapters: adapters.applied,
-          }, ctx),
-      );
+      const { latent } = await invertToNoise(model, {
+        image,
+        cond: embeddings[i],
+        steps: body.steps,
+        method: body.method,
+        adapters: adapters.applied,
+      }, ctx);
       return { latent, embedding: embeddings[i] };
     }));
     const result = await interpolate(model, {

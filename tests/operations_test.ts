@@ -118,6 +118,16 @@ Deno.test("access: API keys (same 401 for missing and wrong keys; health stays o
       steps: 150,
     });
     assertEquals([late.status, (await late.json()).error.code], [504, "deadline_exceeded"]);
+    const streamed = await post(`${url}/generate`, {
+      prompt: "a small black circle on a white background",
+      steps: 150,
+    }, {
+      accept: "text/event-stream",
+    });
+    assert(
+      (await streamed.text()).includes("deadline_exceeded"),
+      "a streaming reply ends with the deadline error event",
+    );
     const calls = model.batchers.unet.stats.calls;
     await new Promise((r) => setTimeout(r, 200));
     assertEquals(model.batchers.unet.stats.calls, calls, "its remaining steps were cancelled");
