@@ -8,7 +8,7 @@ import { checkParity, readFixture } from "../tools/parity.ts";
 import { DiffusionModel } from "../pipeline/model.ts";
 import { decodeToImages, denoise, initialNoise } from "../pipeline/generate.ts";
 import { assertClose, FIXTURES_DIR, MODEL_DIR, post, testConfig, withServer } from "./helpers.ts";
-import { pythonReady, runPython } from "./python.ts";
+import { pythonReady, runPython } from "../tools/python.ts";
 
 Deno.test("parity: every ONNX graph matches torch to 1e-4", async () => {
   const differences = await checkParity(`${FIXTURES_DIR}/parity`, MODEL_DIR);

@@ -232,7 +232,8 @@ class UNet2DConditionModel(nn.Module):
         self.conv_out = nn.Conv2d(chs[0], config["out_channels"], 3, padding=1)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        temb = self.time_embedding(timestep_features(timestep, self.time_channels))
+        features = timestep_features(timestep, self.time_channels).to(self.conv_in.weight.dtype)
+        temb = self.time_embedding(features)
         x = self.conv_in(sample)
         skips = [x]
         for block in self.down_blocks:

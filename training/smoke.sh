@@ -11,6 +11,15 @@ WORK=$tmp/work OUT=$tmp/model FIXTURES=$tmp/fixtures VAE_STEPS=4 UNET_STEPS=4 CO
 # Resume: a second run of a finished stage starts from its checkpoint and adds nothing.
 resumed=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 train.py unet --work "$tmp/work" --steps 6 --count 64)
 grep -q "resumed at step 4" <<<"$resumed" || { echo "the UNet stage did not resume: $resumed"; exit 1; }
+# Both LoRAs, a few steps each on the same batches, resumed, exported in the legacy processor format.
+for run in "smooth-lora 1" "baseline-lora 0"; do
+  set -- $run
+  (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name "$1" --lam "$2" \
+    --steps 3 --batch 4 --count 64 && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py export --work "$tmp/work" \
+    --name "$1" --out "$tmp/$1.safetensors")
+done
+resumed=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name smooth-lora --lam 1 --steps 4 --batch 4 --count 64)
+grep -q "resumed at step 3" <<<"$resumed" || { echo "the LoRA run did not resume: $resumed"; exit 1; }
 /usr/bin/python3 - "$tmp" <<'PY'
 import json, sys
 from pathlib import Path
@@ -20,6 +29,14 @@ assert quality["ground_truth"]["all"] == 1.0, quality  # the evaluator reads tru
 for part in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
     assert (tmp / "model" / part / "model.onnx").stat().st_size > 0, part
 assert (tmp / "model" / "README.md").read_text().startswith("# tiny-sd-shapes")
+import struct
+for name, lam in (("smooth-lora", "1.0"), ("baseline-lora", "0.0")):
+    raw = (tmp / f"{name}.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert header.pop("__metadata__")["lambda"] == lam, name
+    assert len(header) == 112, (name, len(header))  # 14 attentions x 4 projections x (down, up)
+    assert all(".processor.to_" in key and key.endswith(("_lora.down.weight", "_lora.up.weight")) for key in header), name
+print("ok loras")
 PY
 grep -E "^(ok|FAIL)" "$tmp/build.log"
 echo "training smoke test passed"

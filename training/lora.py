@@ -1,0 +1,227 @@
+"""LoRA on the tiny UNet's attention, with or without Step-wise Variation Regularization (Smooth Diffusion).
+
+    python3 training/lora.py train  --work DIR --name smooth-lora   --lam 1 [--steps N] [--device cuda]
+    python3 training/lora.py train  --work DIR --name baseline-lora --lam 0
+    python3 training/lora.py export --work DIR --name smooth-lora --out FILE.safetensors
+
+Base weights (the shipped model's EMA UNet and text encoder) and the VAE stay frozen; rank-8 LoRA on
+to_q, to_k, to_v and to_out.0 of every attention (attn1 and attn2). Both runs draw identical batches,
+timesteps, noises and regularizer directions from generators seeded by the step, so lambda = 0 is the
+same training with the regularizer switched off. A run resumes from DIR/<name>.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clip_tokenizer import ClipTokenizer
+from nets import Attention, TextEncoder, UNet2DConditionModel
+from schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod
+from train import EMPTY_CAPTION_RATE, TOKENIZER_DIR, encode_latents, load_unet, log, save_checkpoint
+
+RANK = 8
+TARGETS = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora"}
+EMA_RATE = 0.01
+
+
+class LoRALinear(nn.Module):
+    """y = W x + up(down(x)); W frozen. Initialised as diffusers' LoRALinearLayer: down ~ N(0, 1/rank), up = 0."""
+
+    def __init__(self, base: nn.Linear, rank: int):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.down = nn.Linear(base.in_features, rank, bias=False)
+        self.up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.normal_(self.down.weight, std=1 / rank)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+def add_lora(unet: nn.Module, rank: int = RANK) -> dict[str, LoRALinear]:
+    """Wraps every attention projection; returns {legacy key prefix: layer}."""
+    unet.requires_grad_(False)
+    layers: dict[str, LoRALinear] = {}
+    for path, module in list(unet.named_modules()):
+        if not isinstance(module, Attention):
+            continue
+        for target, processor_name in TARGETS.items():
+            if target == "to_out.0":
+                module.to_out[0] = layer = LoRALinear(module.to_out[0], rank)
+            else:
+                layer = LoRALinear(getattr(module, target), rank)
+                setattr(module, target, layer)
+            layers[f"{path}.processor.{processor_name}"] = layer
+    return layers
+
+
+def lora_state(layers: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
+    """The published Smooth-LoRA's legacy attention-processor keys."""
+    state = {}
+    for prefix, layer in layers.items():
+        state[f"{prefix}.down.weight"] = layer.down.weight.detach().float().cpu().contiguous()
+        state[f"{prefix}.up.weight"] = layer.up.weight.detach().float().cpu().contiguous()
+    return state
+
+
+def load_lora_state(layers: dict[str, LoRALinear], state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for prefix, layer in layers.items():
+            layer.down.weight.copy_(state[f"{prefix}.down.weight"])
+            layer.up.weight.copy_(state[f"{prefix}.up.weight"])
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    header: dict = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        data = tensors[name].numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # keeps the tensor data 8-byte aligned
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+
+
+# ---------------------------------------------------------------- the regularizer
+def denoise_with_variation(unet, x0, eps, t, context, alphas, direction, need_variation: bool):
+    """One UNet call on x_t = sqrt(a) x0 + sqrt(1-a) eps. Returns (eps_theta, v or None) where
+    v = |d/d(eps) sum(x0_hat * delta)|_2 per sample, delta = direction * sqrt(1-a) / sqrt(numel),
+    x0_hat = (x_t - sqrt(1-a) eps_theta) / sqrt(a); the gradient keeps its graph so v can be trained."""
+    a = alphas[t].view(-1, 1, 1, 1)
+    eps = eps.detach().requires_grad_(need_variation)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    pred = unet(xt, t, context)
+    if not need_variation:
+        return pred, None
+    x0_hat = (xt - (1 - a).sqrt() * pred) / a.sqrt()
+    per_sample = x0_hat[0].numel()
+    delta = direction / math.sqrt(per_sample) * (1 - a).sqrt()
+    (grad,) = torch.autograd.grad((x0_hat * delta).sum(), eps, create_graph=True)
+    return pred, grad.flatten(1).norm(dim=1)
+
+
+def regularizer(v: torch.Tensor, target: float) -> torch.Tensor:
+    return ((v - target) ** 2).mean()
+
+
+def ema_target(target: float, v: torch.Tensor) -> float:
+    return target + EMA_RATE * (v.detach().mean().item() - target)
+
+
+# ---------------------------------------------------------------- training
+def base_file(work: Path, count: int) -> Path:
+    """Everything LoRA training needs from the base build in one portable file (fp16 latents)."""
+    path = work / "lora-base.pt"
+    if not path.exists():
+        ckpt = torch.load(work / "unet.pt")
+        latents, captions, scaling_factor = encode_latents(work, count)
+        save_checkpoint(path, {
+            "unet": ckpt["ema_unet"], "text_encoder": ckpt["ema_text_encoder"], "known_ids": ckpt["known_ids"],
+            "scaling_factor": scaling_factor, "latents": latents.half(), "captions": captions,
+        })
+    return path
+
+
+def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, count: int, device: str) -> None:
+    base = torch.load(base_file(work, count))
+    unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
+    unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
+    text_encoder.requires_grad_(False).eval()
+    torch.manual_seed(0)  # the LoRA's initial down weights
+    layers = add_lora(unet)
+    unet.to(device); text_encoder.to(device)
+    latents = base["latents"].float() * base["scaling_factor"]
+    tokenizer = ClipTokenizer(TOKENIZER_DIR)
+    ids = torch.tensor([tokenizer(c) for c in base["captions"]], dtype=torch.long)
+    empty_ids = torch.tensor(tokenizer(""), dtype=torch.long)
+    alphas = alphas_cumprod().float().to(device)
+    params = [p for layer in layers.values() for p in (layer.down.weight, layer.up.weight)]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ckpt_path = work / f"{name}.pt"
+    step, elapsed, target = 0, 0.0, 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path)
+        load_lora_state(layers, ckpt["lora"]); opt.load_state_dict(ckpt["opt"])
+        step, elapsed, target = ckpt["step"], ckpt["elapsed"], ckpt["target"]
+        print(f"[{name}] resumed at step {step}")
+    started = time.time() - elapsed
+    while step < steps:
+        g = torch.Generator().manual_seed(1_000_003 * 3 + step)
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        tokens = ids[idx].clone()
+        tokens[torch.rand(batch, generator=g) < EMPTY_CAPTION_RATE] = empty_ids
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=g)
+        eps = torch.randn(latents[idx].shape, generator=g)
+        direction = torch.randn(eps.shape, generator=g)
+        x0, tokens, t, eps, direction = (x.to(device) for x in (latents[idx], tokens, t, eps, direction))
+        with torch.no_grad():
+            context = text_encoder(tokens)
+        regularized = lam > 0
+        pred, v = denoise_with_variation(unet, x0, eps, t, context, alphas, direction, regularized)
+        diffusion = F.mse_loss(pred, eps)
+        loss = diffusion
+        if regularized:
+            target = ema_target(target, v)
+            loss = diffusion + lam * regularizer(v, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0 or step == steps:
+            if v is None:  # the baseline measures v too, for the log, without training on it
+                _, v = denoise_with_variation(unet, x0, eps, t, context, alphas, direction, True)
+            log(name, step, steps, started, loss=diffusion.item(), v_mean=v.mean().item(),
+                v_std=v.std().item(), target=target)
+        if step % 100 == 0 or step == steps:
+            save_checkpoint(ckpt_path, {"lora": lora_state(layers), "opt": opt.state_dict(), "step": step,
+                                        "elapsed": time.time() - started, "target": target, "lam": lam,
+                                        "batch": batch, "lr": lr, "device": device})
+
+
+def export(work: Path, name: str, out: Path) -> None:
+    ckpt = torch.load(work / f"{name}.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(out, ckpt["lora"], {
+        "format": "pt", "rank": str(RANK), "lambda": str(ckpt["lam"]), "steps": str(ckpt["step"]),
+        "batch": str(ckpt["batch"]), "lr": str(ckpt["lr"]), "seconds": f"{ckpt['elapsed']:.0f}",
+        "device": ckpt["device"], "base": "tiny-sd-shapes",
+    })
+    print(f"wrote {out}: {len(ckpt['lora'])} tensors, {ckpt['step']} steps, lambda {ckpt['lam']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["train", "export", "pack"])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--name", default="smooth-lora")
+    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--count", type=int, default=30000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.command == "pack":
+        print(base_file(args.work, args.count))
+    elif args.command == "train":
+        train(args.work, args.name, args.lam, args.steps, args.batch, args.lr, args.count, args.device)
+    else:
+        export(args.work, args.name, args.out)
+
+
+if __name__ == "__main__":
+    main()
