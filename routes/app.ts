@@ -47,6 +47,15 @@ function validate<S extends z.ZodType>(schema: S, body: unknown, span: Span): Pr
   });
 }
 
+/** The standard process gauge and the JavaScript heap, so memory growth is visible to operators and soak tests. */
+function processMemory(): string[] {
+  const memory = Deno.memoryUsage();
+  return [
+    gauge("process_resident_memory_bytes", "Resident memory size in bytes", memory.rss),
+    gauge("sd_js_heap_used_bytes", "JavaScript heap in use, in bytes", memory.heapUsed),
+  ];
+}
+
 export function createApp(services: AppServices): { app: Hono<Env>; admission: Admission } {
   const { model, config } = services;
   const admission = new Admission(config.limits.maxConcurrentRequests);
@@ -221,6 +230,7 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
         adapterStats.downloads,
       ),
       gauge("sd_adapter_cache_bytes", "Bytes of parsed adapters in memory", services.adapters.bytes),
+      ...processMemory(),
     ].join("\n") + "\n";
     return c.text(body, 200, { "Content-Type": "text/plain; version=0.0.4" });
   });

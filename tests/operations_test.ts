@@ -53,6 +53,8 @@ Deno.test("metrics: Prometheus text with requests by route and status, batch row
         "sd_requests_in_flight",
         "sd_adapter_cache_hits_total",
         "sd_adapter_cache_bytes",
+        "process_resident_memory_bytes",
+        "sd_js_heap_used_bytes",
       ]
     ) {
       assert(new RegExp(`^${name} \\d+`, "m").test(text), name);
