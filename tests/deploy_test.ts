@@ -33,3 +33,26 @@ Deno.test("deploy: the probes hit routes the server answers", async () => {
     }
   });
 });
+
+Deno.test("deploy: the README's configuration table lists every variable the server reads, and no other", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const section = readme.slice(
+    readme.indexOf("## Configuration"),
+    readme.indexOf("\n## ", readme.indexOf("## Configuration") + 1),
+  );
+  const documented = new Set(
+    section.split("\n").filter((l) => l.startsWith("| `")).flatMap((l) =>
+      [...l.split("|")[1].matchAll(/`([A-Z_]+)`/g)].map((m) => m[1])
+    ),
+  );
+  assertEquals(
+    [...CONFIG_VARIABLES].filter((v) => !documented.has(v)),
+    [],
+    "read by config.ts, missing from the README",
+  );
+  assertEquals(
+    [...documented].filter((v) => !CONFIG_VARIABLES.includes(v)),
+    [],
+    "in the README, not read by config.ts",
+  );
+});
