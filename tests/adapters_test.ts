@@ -268,19 +268,24 @@ Deno.test("adapters: the in-memory LRU is bounded by bytes and never evicts an a
   });
 });
 
-Deno.test("adapters: the test adapter this repository ships in models/hub-cache works with no network", async () => {
-  const commit = (await Deno.readTextFile(
-    new URL("../models/hub-cache/models--smooth-diffusion--test-lora/refs/main", import.meta.url),
-  )).trim();
+Deno.test("adapters: the adapters this repository ships in models/hub-cache (test, Smooth-LoRA, baseline) work with no network", async () => {
   // Port 9 on loopback: any attempt to reach a hub fails at once.
   await withServer(
     { HF_ENDPOINT: "http://127.0.0.1:9", HF_HUB_CACHE: await Deno.makeTempDir() },
     async ({ url }) => {
       const base = await generate(url);
-      const withAdapter = await generate(url, { repo: "smooth-diffusion/test-lora" });
-      assertEquals(withAdapter.status, 200, JSON.stringify(withAdapter.json));
-      assertEquals(withAdapter.json.parameters.lora[0].commit, commit);
-      assertNotEquals(withAdapter.json.images[0].data, base.json.images[0].data);
+      const images = new Set([base.json.images[0].data]);
+      for (const name of ["test-lora", "tiny-sd-shapes-smooth-lora", "tiny-sd-shapes-baseline-lora"]) {
+        const commit = (await Deno.readTextFile(
+          new URL(`../models/hub-cache/models--smooth-diffusion--${name}/refs/main`, import.meta.url),
+        )).trim();
+        const withAdapter = await generate(url, { repo: `smooth-diffusion/${name}` });
+        assertEquals(withAdapter.status, 200, JSON.stringify(withAdapter.json));
+        assertEquals(withAdapter.json.parameters.lora[0].commit, commit);
+        assertEquals(withAdapter.json.not_applied ?? withAdapter.json.parameters.lora[0].not_applied ?? [], []);
+        images.add(withAdapter.json.images[0].data);
+      }
+      assertEquals(images.size, 4, "each adapter changes the image");
     },
   );
 });
