@@ -8,6 +8,7 @@
  * The server runs in this process on the embedded model with MAX_CONCURRENT_REQUESTS = --limit.
  */
 import { parseArgs } from "node:util";
+import { percentile } from "./stats.ts";
 import { loadConfig } from "../config.ts";
 import { startServer } from "../server.ts";
 
@@ -22,10 +23,6 @@ const { values } = parseArgs({
 });
 const steps = Number(values.steps);
 const seconds = Number(values.seconds);
-
-function percentile(sorted: number[], p: number): number {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : NaN;
-}
 
 interface LevelResult {
   concurrency: number;
@@ -91,7 +88,9 @@ try {
   console.log(
     `POST /generate, ${steps} DDIM steps, 64x64, admission limit ${values.limit}, ${seconds} s per level\n`,
   );
-  console.log("| clients | completed | images/s | p50 ms | p95 ms | p99 ms | rejected (429) | Retry-After s |");
+  console.log(
+    "| clients | completed | images/s | p50 ms | p95 ms | p99 ms | rejected (429) | Retry-After s |",
+  );
   console.log("|---|---|---|---|---|---|---|---|");
   for (const level of values.levels!.split(",").map(Number)) {
     const r = await runLevel(server.url, level);

@@ -10,6 +10,7 @@
  */
 import * as ort from "onnxruntime-node";
 import { parseArgs } from "node:util";
+import { percentile } from "./stats.ts";
 import { loadConfig } from "../config.ts";
 import { startServer } from "../server.ts";
 import { gaussianNoise } from "../pipeline/rng.ts";
@@ -33,10 +34,6 @@ interface LevelResult {
   imagesPerSecond: number;
   p50: number;
   p95: number;
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 }
 
 async function loadLevel(url: string, concurrency: number, total: number): Promise<LevelResult> {

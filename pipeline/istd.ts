@@ -8,6 +8,7 @@ import type { DiffusionModel } from "./model.ts";
 import { encodePrompts, initialNoise, type TaskContext } from "./generate.ts";
 import { interpolate } from "./interpolate.ts";
 import type { RowAdapters } from "../loras/pack.ts";
+import { forEachConcurrently } from "./concurrency.ts";
 
 export interface IstdParams {
   prompts: string[];
@@ -34,25 +35,20 @@ export async function measureIstd(
 ): Promise<IstdResult> {
   const { height, width } = { height: model.info.nativeHeight / 8, width: model.info.nativeWidth / 8 };
   const perPrompt = new Array<number>(params.prompts.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < params.prompts.length) {
-      const i = next++;
-      const [embedding, uncond] = await encodePrompts(model, [params.prompts[i], ""], ctx);
-      const [a, b] = params.seeds[i];
-      const result = await interpolate(model, {
-        from: { latent: initialNoise(model, [a], height, width), embedding },
-        to: { latent: initialNoise(model, [b], height, width), embedding },
-        shape: { rows: 1, height, width },
-        frames: params.frames,
-        steps: params.steps,
-        guidanceScale: params.guidanceScale,
-        uncond,
-        adapters: params.adapters,
-      }, ctx);
-      perPrompt[i] = result.istd;
-    }
-  };
-  await Promise.all(Array.from({ length: params.concurrency ?? 8 }, worker));
+  await forEachConcurrently(params.prompts.length, params.concurrency ?? 8, async (i) => {
+    const [embedding, uncond] = await encodePrompts(model, [params.prompts[i], ""], ctx);
+    const [a, b] = params.seeds[i];
+    const result = await interpolate(model, {
+      from: { latent: initialNoise(model, [a], height, width), embedding },
+      to: { latent: initialNoise(model, [b], height, width), embedding },
+      shape: { rows: 1, height, width },
+      frames: params.frames,
+      steps: params.steps,
+      guidanceScale: params.guidanceScale,
+      uncond,
+      adapters: params.adapters,
+    }, ctx);
+    perPrompt[i] = result.istd;
+  });
   return { istd: perPrompt.reduce((s, v) => s + v, 0) / perPrompt.length, perPrompt };
 }

@@ -63,10 +63,12 @@ export function deadline(ms: number): MiddlewareHandler {
       ms,
     );
     Deno.unrefTimer(timer);
-    client.addEventListener("abort", () => {
+    const clientLeft = () => {
       clearTimeout(timer);
       controller.abort(client.reason);
-    }, { once: true });
+    };
+    if (client.aborted) clientLeft();
+    else client.addEventListener("abort", clientLeft, { once: true });
     c.set("signal", controller.signal);
     await next();
   };

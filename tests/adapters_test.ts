@@ -4,9 +4,8 @@ import {
   notDeepStrictEqual as assertNotEquals,
   ok as assert,
 } from "node:assert/strict";
-import sharp from "sharp";
 import { FakeHub } from "./hub_server.ts";
-import { decodeBase64, MODEL_DIR, post, withServer } from "./helpers.ts";
+import { MODEL_DIR, pixels, post, withServer } from "./helpers.ts";
 import { findLoraTargets } from "../loras/graph_rewrite.ts";
 import { randomAdapter } from "../tools/random_adapter.ts";
 
@@ -36,10 +35,6 @@ const generate = async (url: string, lora?: unknown, extra: Record<string, unkno
   });
   return { status: res.status, json: await res.json() };
 };
-
-async function pixels(b64: string): Promise<Uint8Array> {
-  return new Uint8Array(await sharp(decodeBase64(b64)).raw().toBuffer());
-}
 
 Deno.test("adapters: public repo, resolved commit reported, image changes; a warm adapter needs no hub call", async () => {
   await withHub(async (hub, env) => {
@@ -282,7 +277,10 @@ Deno.test("adapters: the adapters this repository ships in models/hub-cache (tes
         const withAdapter = await generate(url, { repo: `smooth-diffusion/${name}` });
         assertEquals(withAdapter.status, 200, JSON.stringify(withAdapter.json));
         assertEquals(withAdapter.json.parameters.lora[0].commit, commit);
-        assertEquals(withAdapter.json.not_applied ?? withAdapter.json.parameters.lora[0].not_applied ?? [], []);
+        assertEquals(
+          withAdapter.json.not_applied ?? withAdapter.json.parameters.lora[0].not_applied ?? [],
+          [],
+        );
         images.add(withAdapter.json.images[0].data);
       }
       assertEquals(images.size, 4, "each adapter changes the image");

@@ -1,6 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import sharp from "sharp";
-import { decodeBase64, post, withServer } from "./helpers.ts";
+import { pixels, post, withServer } from "./helpers.ts";
 
 const prompts = [
   "a large red circle on a blue background",
@@ -8,10 +7,6 @@ const prompts = [
   "a large yellow triangle on a black background",
   "a small purple cross on an orange background",
 ];
-
-async function pixels(b64: string): Promise<Uint8Array> {
-  return new Uint8Array(await sharp(decodeBase64(b64)).raw().toBuffer());
-}
 
 function maxPixelDifference(a: Uint8Array, b: Uint8Array): number {
   let worst = 0;

@@ -1,5 +1,6 @@
 /** Test support: a real server on a loopback port, over the embedded model (or TEST_MODEL). */
 import { type Config, loadConfig } from "../config.ts";
+import sharp from "sharp";
 import { type RunningServer, startServer } from "../server.ts";
 
 export const MODEL_DIR = Deno.env.get("TEST_MODEL") ??
@@ -34,6 +35,11 @@ export function post(url: string, body: unknown, headers: Record<string, string>
 
 export function decodeBase64(text: string): Uint8Array {
   return Uint8Array.from(atob(text), (ch) => ch.charCodeAt(0));
+}
+
+/** The raw RGB bytes of a base64-encoded image. */
+export async function pixels(b64: string): Promise<Uint8Array> {
+  return new Uint8Array(await sharp(decodeBase64(b64)).raw().toBuffer());
 }
 
 export function assertClose(

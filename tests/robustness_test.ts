@@ -5,7 +5,8 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import sharp from "sharp";
-import { decodeBase64, MODEL_DIR, post, spawnMain, withServer } from "./helpers.ts";
+import { MODEL_DIR, pixels, post, spawnMain, withServer } from "./helpers.ts";
+import { forEachConcurrently } from "../pipeline/concurrency.ts";
 import { FakeHub } from "./hub_server.ts";
 import { findLoraTargets } from "../loras/graph_rewrite.ts";
 import { randomAdapter } from "../tools/random_adapter.ts";
@@ -192,10 +193,7 @@ Deno.test("robustness: seeded random and malformed bodies and image bytes on eve
       jobs.push(() => send(route.path, JSON.stringify(route.valid(images)), "text/plain"));
     }
     // Four clients at a time, so malformed requests also arrive while valid ones are generating.
-    let next = 0;
-    await Promise.all(Array.from({ length: 4 }, async () => {
-      while (next < jobs.length) await jobs[next++]();
-    }));
+    await forEachConcurrently(jobs.length, 4, (i) => jobs[i]());
     console.log(
       `  seed ${seed}: ${jobs.length} requests; statuses ${JSON.stringify(Object.fromEntries(statuses))}`,
     );
@@ -217,10 +215,6 @@ async function metricValue(url: string, name: string): Promise<number> {
   const line = text.split("\n").find((l) => l.startsWith(`${name} `));
   if (!line) throw new Error(`/metrics has no ${name}`);
   return Number(line.split(" ")[1]);
-}
-
-async function rawPixels(b64: string): Promise<Uint8Array> {
-  return new Uint8Array(await sharp(decodeBase64(b64)).raw().toBuffer());
 }
 
 Deno.test("robustness: soak of mixed routes with adapter churn and disconnecting clients: zero 5xx, others unaffected, memory levels off", async () => {
@@ -304,7 +298,7 @@ Deno.test("robustness: soak of mixed routes with adapter churn and disconnecting
       if (res.status !== 200) failures.push(`${key}: ${JSON.stringify(json).slice(0, 300)}`);
       else if (kind === "steady") {
         // Batched with whatever else is in flight, the same request gives the same image up to rounding.
-        const [a, b] = await Promise.all([rawPixels(json.images[0].data), rawPixels(alone.images[0].data)]);
+        const [a, b] = await Promise.all([pixels(json.images[0].data), pixels(alone.images[0].data)]);
         for (let i = 0; i < a.length; i++) worstSteadyDiff = Math.max(worstSteadyDiff, Math.abs(a[i] - b[i]));
         steadyChecks++;
       }

@@ -22,6 +22,7 @@ import { psnr } from "../pipeline/metrics.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
 import type { RowAdapters } from "../loras/pack.ts";
 import { runPython } from "./python.ts";
+import { forEachConcurrently } from "../pipeline/concurrency.ts";
 
 const METRICS = ["istd", "accuracy", "inversion"] as const;
 type Metric = typeof METRICS[number];
@@ -50,19 +51,6 @@ const steps = Number(values.steps);
 const heldOut: [string, number][] = JSON.parse(await Deno.readTextFile(HELD_OUT));
 if (count > heldOut.length) throw new Error(`--prompts ${count}: only ${heldOut.length} held-out pairs`);
 const pairs = heldOut.slice(0, count);
-
-/** Runs `fn` over 0..n-1 with `width` in flight, so the batcher can share UNet runs among them. */
-async function forEachConcurrently(
-  n: number,
-  width: number,
-  fn: (i: number) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < n) await fn(next++);
-  };
-  await Promise.all(Array.from({ length: width }, worker));
-}
 
 function mean(values: number[]): number {
   return values.reduce((s, v) => s + v, 0) / values.length;

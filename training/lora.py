@@ -18,7 +18,6 @@ import struct
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +25,7 @@ from torch import nn
 from clip_tokenizer import ClipTokenizer
 from nets import Attention, TextEncoder, UNet2DConditionModel
 from schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod
-from train import EMPTY_CAPTION_RATE, TOKENIZER_DIR, encode_latents, load_unet, log, save_checkpoint
+from train import EMPTY_CAPTION_RATE, TOKENIZER_DIR, encode_latents, log, save_checkpoint
 
 RANK = 8
 TARGETS = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora"}

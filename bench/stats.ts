@@ -1,0 +1,4 @@
+/** The p-quantile of ascending `sorted` (nearest rank below); NaN when empty. */
+export function percentile(sorted: number[], p: number): number {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : NaN;
+}
