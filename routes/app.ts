@@ -3,7 +3,7 @@ import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import type { z } from "zod";
 import { ApiError, errorBody, errorResponse, fromZodError } from "./errors.ts";
-import { apiKeys, corsFor, deadline, isDeadline } from "./access.ts";
+import { apiKeys, corsFor, deadline, isClientGone, isDeadline } from "./access.ts";
 import { Admission } from "./admission.ts";
 import {
   editRequestSchema,
@@ -21,7 +21,7 @@ import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
 import { counterValue, gauge, ServerMetrics } from "../metrics.ts";
 
-type Env = { Variables: { span: Span; signal: AbortSignal } };
+type Env = { Variables: { span: Span; signal: AbortSignal; leave: () => void } };
 
 export interface AppServices {
   model: DiffusionModel;
@@ -128,7 +128,7 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
         504,
       );
     }
-    if (c.req.raw.signal.aborted) {
+    if (isClientGone(c)) {
       return c.json(errorBody("client_closed", "the client went away"), 499 as 400);
     }
     console.error(error);

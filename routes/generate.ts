@@ -5,7 +5,7 @@ import { encodeBase64 } from "./base64.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
 import { startTask } from "./adapters.ts";
-import { isDeadline } from "./access.ts";
+import { clientLeft, isClientGone, isDeadline } from "./access.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
 import type { GenerateRequest } from "./schemas.ts";
 import { generate, type GenerateResult } from "../pipeline/generate.ts";
@@ -95,6 +95,7 @@ export async function handleGenerate(
 
   if (reply === "sse") {
     return streamSSE(c, async (stream) => {
+      stream.onAbort(() => clientLeft(c));
       try {
         let writes = Promise.resolve();
         const outcome = await run((step, total) => {
@@ -110,7 +111,7 @@ export async function handleGenerate(
             event: "error",
             data: JSON.stringify(errorBody("deadline_exceeded", "the request ran past its deadline")),
           });
-        } else if (!c.req.raw.signal.aborted) {
+        } else if (!isClientGone(c)) {
           console.error(error);
           await stream.writeSSE({
             event: "error",
