@@ -10,11 +10,14 @@ FROM node:20-bookworm-slim AS build
 WORKDIR /app
 RUN npm install -g deno@2.9.6 \
  && cp "$(npm root -g)/deno/node_modules/@deno/linux-x64-glibc/deno" /usr/local/bin/deno-bin
+# Dependencies first, in their own layer: it is rebuilt only when deno.json or deno.lock change.
+# onnxruntime-node's install script is allowed: it downloads the CUDA 12 execution provider.
+ENV ONNXRUNTIME_NODE_INSTALL=cuda12
 COPY deno.json deno.lock ./
+RUN deno install --allow-scripts=npm:onnxruntime-node@1.30.0 \
+ && test -e node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime_providers_cuda.so
 COPY . .
-# Allow onnxruntime-node's install script: it fetches the CUDA 12 execution provider.
-RUN deno install --allow-scripts=npm:onnxruntime-node@1.30.0 --entrypoint main.ts \
- && deno cache main.ts
+RUN deno cache main.ts
 
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -56,3 +56,63 @@ Deno.test("deploy: the README's configuration table lists every variable the ser
     "in the README, not read by config.ts",
   );
 });
+
+/** The Dockerfile's instructions, stage by stage: continuation lines joined, comments dropped. */
+function dockerStages(text: string): { from: string; instructions: [string, string][] }[] {
+  const lines = text.replace(/\\\n/g, " ").split("\n").map((l) => l.trim()).filter((l) =>
+    l && !l.startsWith("#")
+  );
+  const stages: { from: string; instructions: [string, string][] }[] = [];
+  for (const line of lines) {
+    const [, keyword, rest] = line.match(/^(\S+)\s+(.*)$/)!;
+    if (keyword.toUpperCase() === "FROM") stages.push({ from: rest, instructions: [] });
+    else stages.at(-1)!.instructions.push([keyword.toUpperCase(), rest]);
+  }
+  return stages;
+}
+
+Deno.test("deploy: the Dockerfile's runtime stage is the server as configured: env, port, volume, user, health check, command", async () => {
+  const stages = dockerStages(await Deno.readTextFile(new URL("../Dockerfile", import.meta.url)));
+  assert(stages.length >= 2, "multi-stage");
+  const runtime = stages.at(-1)!;
+  assert(
+    /^nvidia\/cuda:12\.[\d.]+-cudnn-runtime-/.test(runtime.from),
+    `CUDA 12 runtime base: ${runtime.from}`,
+  );
+  const all = (keyword: string) => runtime.instructions.filter(([k]) => k === keyword).map(([, v]) => v);
+
+  const env = Object.fromEntries(
+    all("ENV").flatMap((v) => [...v.matchAll(/([A-Z_]+)=(\S+)/g)].map((m) => [m[1], m[2]])),
+  );
+  const serverEnv = Object.fromEntries(Object.entries(env).filter(([name]) => name !== "DENO_DIR"));
+  for (const name of Object.keys(serverEnv)) {
+    assert(CONFIG_VARIABLES.includes(name), `${name} is not read by config.ts`);
+  }
+  const config = loadConfig(serverEnv);
+  assertEquals(all("EXPOSE"), [String(config.port)]);
+  assertEquals(config.executionProvider, "auto");
+
+  const volumes: string[] = all("VOLUME").flatMap((v) => JSON.parse(v));
+  for (const name of ["HF_HOME", "CACHE_DIR"]) {
+    assert(volumes.some((volume) => env[name].startsWith(`${volume}/`)), `${name} lives on a volume`);
+  }
+  const user = all("USER").at(-1);
+  assert(user && user !== "root" && user !== "0", `runs as a non-root user: ${user}`);
+
+  // The command is the start task's, with the flag deno.json sets for `deno task start`.
+  const deno = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const command: string[] = JSON.parse(all("CMD").at(-1)!);
+  assertEquals(
+    command.filter((arg) => !arg.startsWith("--unstable-")),
+    deno.tasks.start.split(" "),
+  );
+  for (const flag of deno.unstable) assert(command.includes(`--unstable-${flag}`), `--unstable-${flag}`);
+
+  const healthcheck = all("HEALTHCHECK").at(-1)!;
+  const path = healthcheck.match(/\$\{PORT\}(\/\S*?)"/)![1];
+  await withServer({}, async ({ url }) => {
+    const res = await fetch(`${url}${path}`);
+    assertEquals(res.status, 200, `HEALTHCHECK ${path}`);
+    await res.body?.cancel();
+  });
+});
