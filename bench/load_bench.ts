@@ -2,6 +2,8 @@
  * Load benchmark: closed-loop clients on POST /generate at rising concurrency, past the server's
  * admission limit, reporting throughput, p50/p95/p99 latency of completed requests and rejects.
  * Clients are well behaved: on 429 they wait the Retry-After the server sent, then try again.
+ * Meanwhile a probe calls GET /health/live every 250 ms, as a liveness probe would: its latency
+ * says whether the server still answers while its cores run the model.
  *
  *   deno task bench:load [--limit 16] [--levels 1,2,4,8,16,32,64] [--seconds 15] [--steps 20]
  *
@@ -33,6 +35,8 @@ interface LevelResult {
   p95: number;
   p99: number;
   retryAfter: Set<string>;
+  healthP50: number;
+  healthMax: number;
 }
 
 async function runLevel(url: string, concurrency: number): Promise<LevelResult> {
@@ -59,9 +63,19 @@ async function runLevel(url: string, concurrency: number): Promise<LevelResult> 
       } else throw new Error(`unexpected status ${res.status}`);
     }
   };
-  await Promise.all(Array.from({ length: concurrency }, client));
+  const health: number[] = [];
+  const probe = async () => {
+    while (performance.now() < deadline) {
+      const t0 = performance.now();
+      await (await fetch(`${url}/health/live`)).arrayBuffer();
+      health.push(performance.now() - t0);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  };
+  await Promise.all([probe(), ...Array.from({ length: concurrency }, client)]);
   const elapsed = (performance.now() - started) / 1000;
   latencies.sort((a, b) => a - b);
+  health.sort((a, b) => a - b);
   return {
     concurrency,
     completed: latencies.length,
@@ -71,6 +85,8 @@ async function runLevel(url: string, concurrency: number): Promise<LevelResult> 
     p95: percentile(latencies, 0.95),
     p99: percentile(latencies, 0.99),
     retryAfter,
+    healthP50: percentile(health, 0.5),
+    healthMax: health.at(-1)!,
   };
 }
 
@@ -89,15 +105,17 @@ try {
     `POST /generate, ${steps} DDIM steps, 64x64, admission limit ${values.limit}, ${seconds} s per level\n`,
   );
   console.log(
-    "| clients | completed | images/s | p50 ms | p95 ms | p99 ms | rejected (429) | Retry-After s |",
+    "| clients | completed | images/s | p50 ms | p95 ms | p99 ms | rejected (429) | Retry-After s | /health/live p50 / max ms |",
   );
-  console.log("|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|");
   for (const level of values.levels!.split(",").map(Number)) {
     const r = await runLevel(server.url, level);
     console.log(
       `| ${r.concurrency} | ${r.completed} | ${r.imagesPerSecond.toFixed(2)} | ${r.p50.toFixed(0)} | ${
         r.p95.toFixed(0)
-      } | ${r.p99.toFixed(0)} | ${r.rejected} | ${[...r.retryAfter].join(", ") || "-"} |`,
+      } | ${r.p99.toFixed(0)} | ${r.rejected} | ${[...r.retryAfter].join(", ") || "-"} | ${
+        r.healthP50.toFixed(1)
+      } / ${r.healthMax.toFixed(0)} |`,
     );
   }
 } finally {

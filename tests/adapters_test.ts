@@ -240,10 +240,10 @@ Deno.test("adapters: the in-memory LRU is bounded by bytes and never evicts an a
     });
     const bytesOfOne = targets.reduce((n, t) => n + 4 * (t.inFeatures + t.outFeatures) * 4, 0);
     await withServer(
-      { ...env, LORA_CACHE_BYTES: String(Math.floor(bytesOfOne * 1.5)) },
+      { ...env, LORA_CACHE_BYTES: String(Math.floor(bytesOfOne * 1.5)), MAX_STEPS: "400" },
       async ({ url, adapters }) => {
         const loaded = () => adapters.loaded().map((a) => a.repo);
-        const long = post(`${url}/generate`, { prompt: PROMPT, steps: 60, lora: { repo: "acme/a" } }, {
+        const long = post(`${url}/generate`, { prompt: PROMPT, steps: 400, lora: { repo: "acme/a" } }, {
           accept: "text/event-stream",
         });
         const reader = (await long).body!.getReader();

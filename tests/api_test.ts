@@ -158,7 +158,7 @@ Deno.test("robustness: hundreds of malformed requests, then a valid one succeeds
 
 Deno.test("queue full: 429 with Retry-After while accepted work completes", async () => {
   await withServer({ MAX_CONCURRENT_REQUESTS: "1" }, async ({ url }) => {
-    const slow = post(`${url}/generate`, { prompt: PROMPT, steps: 40 });
+    const slow = post(`${url}/generate`, { prompt: PROMPT, steps: 150 });
     await new Promise((r) => setTimeout(r, 30));
     const rejected = await post(`${url}/generate`, { prompt: PROMPT, steps: 1 });
     assertEquals(rejected.status, 429);

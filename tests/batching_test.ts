@@ -42,9 +42,9 @@ Deno.test("batching: concurrent requests with different prompts, steps and guida
 });
 
 Deno.test("batching: a request that arrives mid-run joins the next runs at its own timestep", async () => {
-  await withServer({}, async ({ url, model }) => {
+  await withServer({ MAX_STEPS: "400" }, async ({ url, model }) => {
     const before = { ...model.batchers.unet.stats };
-    const long = post(`${url}/generate`, { prompt: prompts[0], steps: 60, seed: 1 }, {
+    const long = post(`${url}/generate`, { prompt: prompts[0], steps: 400, seed: 1 }, {
       accept: "text/event-stream",
     });
     const reader = (await long).body!.getReader();
@@ -56,10 +56,10 @@ Deno.test("batching: a request that arrives mid-run joins the next runs at its o
     while (!(await reader.read()).done);
     const runs = model.batchers.unet.stats.runs - before.runs;
     const calls = model.batchers.unet.stats.calls - before.calls;
-    assertEquals(calls, 80);
+    assertEquals(calls, 420);
     assert(
-      runs <= 62,
-      `the late request's 20 calls should ride along the long one's 60 runs; got ${runs} runs`,
+      runs <= 402,
+      `the late request's 20 calls should ride along the long one's 400 runs; got ${runs} runs`,
     );
   });
 });

@@ -63,10 +63,11 @@ Deno.test("metrics: Prometheus text with requests by route and status, batch row
 });
 
 Deno.test("graceful shutdown: SIGTERM drains (readiness 503, new work 503), the in-flight request completes, exit 0", async () => {
-  const { url, child } = await spawnMain({ SHUTDOWN_DRAIN_DELAY_MS: "400" });
+  // A request long enough to be still running through the drain on any machine.
+  const { url, child } = await spawnMain({ SHUTDOWN_DRAIN_DELAY_MS: "400", MAX_STEPS: "400" });
   const res = await post(`${url}/generate`, {
     prompt: "a large blue cross on a white background",
-    steps: 80,
+    steps: 400,
     seed: 2,
   }, { accept: "text/event-stream" });
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
@@ -114,15 +115,15 @@ Deno.test("access: API keys (same 401 for missing and wrong keys; health stays o
     assertEquals(foreign.headers.get("access-control-allow-origin"), null);
     await foreign.body?.cancel();
   });
-  await withServer({ REQUEST_TIMEOUT_MS: "300" }, async ({ url, model }) => {
+  await withServer({ REQUEST_TIMEOUT_MS: "300", MAX_STEPS: "1000" }, async ({ url, model }) => {
     const late = await post(`${url}/generate`, {
       prompt: "a large white square on a black background",
-      steps: 150,
+      steps: 1000,
     });
     assertEquals([late.status, (await late.json()).error.code], [504, "deadline_exceeded"]);
     const streamed = await post(`${url}/generate`, {
       prompt: "a small black circle on a white background",
-      steps: 150,
+      steps: 1000,
     }, {
       accept: "text/event-stream",
     });
