@@ -10,7 +10,7 @@
  */
 import * as ort from "onnxruntime-node";
 import { parseArgs } from "node:util";
-import { percentile } from "./stats.ts";
+import { median, percentile } from "./stats.ts";
 import { loadConfig } from "../config.ts";
 import { startServer } from "../server.ts";
 import { gaussianNoise } from "../pipeline/rng.ts";
@@ -112,11 +112,10 @@ const rows: string[] = [];
 const summary: Record<number, { batched: LevelResult; unbatched: LevelResult; ceiling: number }> = {};
 /** Per-round results combined: throughput and latency percentiles by median over rounds. */
 function medianOf(results: LevelResult[]): LevelResult {
-  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   return {
-    imagesPerSecond: med(results.map((r) => r.imagesPerSecond)),
-    p50: med(results.map((r) => r.p50)),
-    p95: med(results.map((r) => r.p95)),
+    imagesPerSecond: median(results.map((r) => r.imagesPerSecond)),
+    p50: median(results.map((r) => r.p50)),
+    p95: median(results.map((r) => r.p95)),
   };
 }
 
@@ -132,7 +131,7 @@ for (const level of levels) {
     rounds.ceiling.push(await rawUnet(unet, 2 * level, hidden, Math.max(20, 400 / level)));
   }
   const batched = medianOf(rounds.batched), unbatched = medianOf(rounds.unbatched);
-  const ceiling = [...rounds.ceiling].sort((a, b) => a - b)[Math.floor(rounds.ceiling.length / 2)];
+  const ceiling = median(rounds.ceiling);
   summary[level] = { batched, unbatched, ceiling };
   rows.push(
     `| ${level} | ${batched.imagesPerSecond.toFixed(2)} | ${batched.p50.toFixed(0)} / ${

@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { pixels, post, withServer } from "./helpers.ts";
+import { maxAbsDifference } from "../tools/parity.ts";
 
 const prompts = [
   "a large red circle on a blue background",
@@ -7,12 +8,6 @@ const prompts = [
   "a large yellow triangle on a black background",
   "a small purple cross on an orange background",
 ];
-
-function maxPixelDifference(a: Uint8Array, b: Uint8Array): number {
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst;
-}
 
 Deno.test("batching: concurrent requests with different prompts, steps and guidance share UNet runs", async () => {
   await withServer({}, async ({ url, model }) => {
@@ -32,7 +27,7 @@ Deno.test("batching: concurrent requests with different prompts, steps and guida
     assert(runs <= 16 + 2, `${calls} UNet calls took ${runs} runs; batched they need about 16`);
     for (let i = 0; i < bodies.length; i++) {
       // Same request alone or in a batch: the same image up to float rounding of a batched matmul.
-      const diff = maxPixelDifference(
+      const diff = maxAbsDifference(
         await pixels(alone[i].images[0].data),
         await pixels(together[i].images[0].data),
       );
