@@ -63,21 +63,35 @@ export function assertClose(
   }
 }
 
-/** `main.ts` in a child process, as `deno task start` runs it; resolves once it prints its URL. */
+/**
+ * `main.ts` in a child process, as `deno task start` runs it; resolves once it prints its URL.
+ * With `stderr: true` its standard error (where start-up warnings go) is kept: `stderr()` returns
+ * what has come so far.
+ */
 export async function spawnMain(
   env: Record<string, string>,
-): Promise<{ url: string; child: Deno.ChildProcess; stop: () => Promise<void> }> {
+  options: { stderr?: boolean } = {},
+): Promise<{ url: string; child: Deno.ChildProcess; stop: () => Promise<void>; stderr: () => string }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--unstable-no-legacy-abort", new URL("../main.ts", import.meta.url).pathname],
     env: { PORT: "0", HOST: "127.0.0.1", MODEL: MODEL_DIR, ...env },
     stdout: "piped",
-    stderr: "null",
+    stderr: options.stderr ? "piped" : "null",
   }).spawn();
+  let errors = "";
+  const drained = options.stderr
+    ? child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
+      new WritableStream({ write: (chunk) => void (errors += chunk) }),
+    ).catch(() => {})
+    : Promise.resolve();
   const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let banner = "";
   while (!/http:\/\/\S+:\d+/.test(banner)) {
     const { value, done } = await lines.read();
-    if (done) throw new Error(`main.ts exited before serving: ${banner}`);
+    if (done) {
+      await drained;
+      throw new Error(`main.ts exited before serving: ${banner}${errors ? `\n${errors}` : ""}`);
+    }
     banner += value;
   }
   void lines.cancel().catch(() => {});
@@ -86,6 +100,7 @@ export async function spawnMain(
       child.kill("SIGTERM");
     } catch { /* already gone */ }
     await child.status;
+    await drained;
   };
-  return { url: banner.match(/http:\/\/\S+:\d+/)![0], child, stop };
+  return { url: banner.match(/http:\/\/\S+:\d+/)![0], child, stop, stderr: () => errors };
 }
