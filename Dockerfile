@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# GPU serving image: CUDA 12 runtime, Deno, onnxruntime-node with its CUDA execution provider,
-# the embedded model, a non-root user. Build needs internet (npm registry and the CUDA provider
-# download of onnxruntime-node's install script); the running container needs none.
+# GPU serving image: CUDA 12 runtime, Deno, onnxruntime-node with its CUDA execution provider (and
+# its bundled WebGPU provider, which reaches the GPU through Vulkan), the embedded model, a non-root
+# user. Build needs internet (npm registry and the CUDA provider download of onnxruntime-node's
+# install script); the running container needs none.
 #
 #   docker build -t smooth-diffusion .
 #   docker run --gpus all -p 8000:8000 -v sd-cache:/data smooth-diffusion
@@ -20,7 +21,10 @@ COPY . .
 RUN deno cache main.ts
 
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+# libvulkan1: the Vulkan loader, through which ONNX Runtime's WebGPU provider (Dawn) reaches the
+# NVIDIA driver when the CUDA provider cannot load; `graphics` below has the NVIDIA runtime mount
+# the driver's Vulkan parts (the base image asks for compute,utility only).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libvulkan1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin server \
  && mkdir -p /data && chown server /data
@@ -30,7 +34,7 @@ COPY --from=build --chown=server /root/.cache/deno /home/server/.cache/deno
 WORKDIR /app
 USER server
 ENV PORT=8000 HOST=0.0.0.0 EXECUTION_PROVIDER=auto HF_HOME=/data/huggingface CACHE_DIR=/data/smooth-diffusion \
-    DENO_DIR=/home/server/.cache/deno
+    DENO_DIR=/home/server/.cache/deno NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD curl -fsS "http://127.0.0.1:${PORT}/health/live" || exit 1

@@ -1,4 +1,7 @@
-/** The Kubernetes example must match the server it deploys: ports, probe paths, environment names. */
+/**
+ * The Kubernetes example and the Dockerfile must match the server they deploy: ports, probe paths,
+ * environment names, and what the image needs for the GPU providers.
+ */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { parseAllDocuments } from "yaml";
 import { CONFIG_VARIABLES, loadConfig } from "../config.ts";
@@ -84,13 +87,32 @@ Deno.test("deploy: the Dockerfile's runtime stage is the server as configured: e
   const env = Object.fromEntries(
     all("ENV").flatMap((v) => [...v.matchAll(/([A-Z_]+)=(\S+)/g)].map((m) => [m[1], m[2]])),
   );
-  const serverEnv = Object.fromEntries(Object.entries(env).filter(([name]) => name !== "DENO_DIR"));
+  // Variables for the runtime, not the server: Deno's cache, and what the NVIDIA container runtime
+  // exposes of the driver (`graphics` brings its Vulkan driver, which the WebGPU provider needs).
+  const runtimeOnly = ["DENO_DIR", "NVIDIA_DRIVER_CAPABILITIES"];
+  const serverEnv = Object.fromEntries(Object.entries(env).filter(([name]) => !runtimeOnly.includes(name)));
   for (const name of Object.keys(serverEnv)) {
     assert(CONFIG_VARIABLES.includes(name), `${name} is not read by config.ts`);
   }
   const config = loadConfig(serverEnv);
   assertEquals(all("EXPOSE"), [String(config.port)]);
   assertEquals(config.executionProvider, "auto");
+
+  // What `auto` needs to fall back to WebGPU on an NVIDIA GPU: the Vulkan loader installed, and the
+  // driver capabilities that mount the NVIDIA Vulkan driver next to CUDA's.
+  const capabilities = (env.NVIDIA_DRIVER_CAPABILITIES ?? "").split(",");
+  for (const capability of ["compute", "utility", "graphics"]) {
+    assert(
+      capabilities.includes(capability) || capabilities.includes("all"),
+      `NVIDIA_DRIVER_CAPABILITIES has ${capability}: ${env.NVIDIA_DRIVER_CAPABILITIES}`,
+    );
+  }
+  const installed = all("RUN").flatMap((run) =>
+    [...run.matchAll(/apt-get install ([^&|;]*)/g)].flatMap((m) =>
+      m[1].split(/\s+/).filter((w) => /^[a-z]/.test(w))
+    )
+  );
+  assert(installed.includes("libvulkan1"), `the runtime stage installs the Vulkan loader: ${installed}`);
 
   const volumes: string[] = all("VOLUME").flatMap((v) => JSON.parse(v));
   for (const name of ["HF_HOME", "CACHE_DIR"]) {
