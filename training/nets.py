@@ -13,12 +13,12 @@ GROUPS = 8
 
 # ---------------------------------------------------------------- shared blocks
 class ResnetBlock2D(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, temb_ch: int | None = None):
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int | None = None, groups: int = GROUPS):
         super().__init__()
-        self.norm1 = nn.GroupNorm(GROUPS, in_ch, eps=1e-5)
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=1e-5)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_ch, out_ch) if temb_ch else None
-        self.norm2 = nn.GroupNorm(GROUPS, out_ch, eps=1e-5)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=1e-5)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
@@ -77,14 +77,14 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, context_dim: int):
+    def __init__(self, dim: int, heads: int, context_dim: int, ff_mult: int = 2):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads, dim // heads)
         self.norm2 = nn.LayerNorm(dim)
         self.attn2 = Attention(dim, heads, dim // heads, context_dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim)
+        self.ff = FeedForward(dim, ff_mult)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
@@ -93,11 +93,11 @@ class BasicTransformerBlock(nn.Module):
 
 
 class Transformer2DModel(nn.Module):
-    def __init__(self, ch: int, heads: int, context_dim: int):
+    def __init__(self, ch: int, heads: int, context_dim: int, groups: int = GROUPS, ff_mult: int = 2):
         super().__init__()
-        self.norm = nn.GroupNorm(GROUPS, ch, eps=1e-6)
+        self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
         self.proj_in = nn.Conv2d(ch, ch, 1)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(ch, heads, context_dim)])
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(ch, heads, context_dim, ff_mult)])
         self.proj_out = nn.Conv2d(ch, ch, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
