@@ -1,7 +1,7 @@
 /**
  * Choosing ONNX Runtime's execution provider. An explicit choice must load or start-up fails with
- * the reason; `auto` tries CUDA, then WebGPU, then the CPU, keeping the first that really creates
- * a session, and says why each one before it was passed over.
+ * the reason and the fix; `auto` tries CUDA, then WebGPU, then the CPU, keeping the first that
+ * really runs the model, and says why each one before it was passed over.
  */
 export const PROVIDER_CHOICES = ["auto", "cuda", "webgpu", "cpu"] as const;
 export type ProviderChoice = typeof PROVIDER_CHOICES[number];
@@ -13,7 +13,18 @@ export interface ProviderSelection {
   skipped: { provider: string; reason: string }[];
 }
 
-/** `probe(provider)` creates a small session with that provider alone and throws if it cannot. */
+/** What an operator does when a provider cannot run the model. */
+export const PROVIDER_FIXES: Record<string, string> = {
+  cuda:
+    "install onnxruntime-node's CUDA 12 provider (ONNXRUNTIME_NODE_INSTALL=cuda12 at install, as the image " +
+    "does) with the CUDA 12 and cuDNN 9 runtime, or choose EXECUTION_PROVIDER=webgpu or cpu",
+  webgpu:
+    "give the process a Vulkan driver and loader (libvulkan1; on NVIDIA, NVIDIA_DRIVER_CAPABILITIES must " +
+    "include graphics; without a GPU, Mesa 25's lavapipe), or choose EXECUTION_PROVIDER=cpu",
+  cpu: "use a float32 export of the model, or another EXECUTION_PROVIDER",
+};
+
+/** `probe(provider)` opens the model with that provider alone and throws if it cannot run it. */
 export async function selectProvider(
   choice: ProviderChoice,
   probe: (provider: string) => Promise<void>,
@@ -32,5 +43,6 @@ export async function selectProvider(
     }
   }
   const reasons = skipped.map((s) => `${s.provider}: ${s.reason}`).join("; ");
-  throw new Error(`no execution provider could be loaded (${reasons})`);
+  const fix = choice === "auto" ? "" : ` Fix: ${PROVIDER_FIXES[choice]}.`;
+  throw new Error(`no execution provider could run the model (${reasons}).${fix}`);
 }

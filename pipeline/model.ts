@@ -5,13 +5,21 @@
  * native size and latent scale from the component configs where present.
  */
 import * as ort from "onnxruntime-node";
-import { Batcher, type BatchOptions, type CallOptions, type Feeds } from "./batcher.ts";
+import { Batcher, type BatchOptions, type CallOptions, type Feeds, type RunFn } from "./batcher.ts";
 import { ClipTokenizer } from "./tokenizer.ts";
 import type { ScheduleConfig } from "./scheduler.ts";
 import { type ProviderChoice, type ProviderSelection, selectProvider } from "./execution_provider.ts";
 import { loraGraph } from "../loras/graph_cache.ts";
 import type { LoraTarget } from "../loras/graph_rewrite.ts";
 import { compositionKey, packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
+import {
+  floatPrecision,
+  fromOutputs,
+  type InputSpec,
+  inputSpecs,
+  isBatchScalar,
+  toInputs,
+} from "./session_io.ts";
 
 export const VAE_FACTOR = 8;
 
@@ -25,6 +33,8 @@ export interface ModelInfo {
   scalingFactor: number;
   /** false for exports whose UNet takes one scalar timestep: then only equal timesteps share a run. */
   perRowTimestep: boolean;
+  /** The type of the UNet's float inputs: float16 for half-precision exports. */
+  precision: "float16" | "float32";
   canEncodeImages: boolean;
 }
 
@@ -35,10 +45,17 @@ export interface ModelOptions {
   cacheDir: string;
 }
 
-/** Recently packed LoRA feeds by batch composition: consecutive steps of the same requests reuse them. */
+/**
+ * Recently packed LoRA feeds by batch composition, already in the UNet's input types: consecutive
+ * steps of the same requests reuse them.
+ */
 class PackedLoraCache {
   #entries = new Map<string, Feeds>();
-  constructor(private readonly targets: LoraTarget[], private readonly capacity = 16) {}
+  constructor(
+    private readonly targets: LoraTarget[],
+    private readonly specs: ReadonlyMap<string, InputSpec>,
+    private readonly capacity = 16,
+  ) {}
 
   feeds(rows: readonly RowAdapters[]): Feeds {
     const key = compositionKey(rows);
@@ -46,7 +63,7 @@ class PackedLoraCache {
     if (feeds) {
       this.#entries.delete(key);
     } else {
-      feeds = packLoraFeeds(this.targets, rows);
+      feeds = toInputs(packLoraFeeds(this.targets, rows), this.specs);
       if (this.#entries.size >= this.capacity) this.#entries.delete(this.#entries.keys().next().value!);
     }
     this.#entries.set(key, feeds);
@@ -78,9 +95,129 @@ function dimOf(session: ort.InferenceSession, input: string, axis: number): numb
   return typeof dim === "number" ? dim : undefined;
 }
 
-function typeOf(session: ort.InferenceSession, input: string): string {
-  const meta = session.inputMetadata.find((m) => m.name === input);
-  return meta && meta.isTensor ? meta.type : "float32";
+type Sessions = DiffusionModel["sessions"];
+type Runners = Record<"textEncoder" | "unet" | "vaeDecoder", RunFn> & { vaeEncoder?: RunFn };
+
+/** Opens every graph of the model on one provider, checks it, and builds its batchers. */
+async function openModel(directory: string, name: string, options: ModelOptions, provider: string) {
+  // A cheap first probe: a provider that is not installed fails here, before the UNet loads.
+  const probe = await ort.InferenceSession.create(`${directory}/text_encoder/model.onnx`, {
+    executionProviders: [provider],
+  });
+  await probe.release();
+  const sessionOptions: ort.InferenceSession.SessionOptions = {
+    executionProviders: [provider],
+    graphOptimizationLevel: "all",
+  };
+  const open = (part: string) =>
+    ort.InferenceSession.create(`${directory}/${part}/model.onnx`, sessionOptions);
+  const hasEncoder = await exists(`${directory}/vae_encoder/model.onnx`);
+  const lora = await loraGraph(`${directory}/unet/model.onnx`, options.cacheDir);
+  const [textEncoder, unet, vaeDecoder, vaeEncoder] = await Promise.all([
+    open("text_encoder"),
+    ort.InferenceSession.create(lora.path, sessionOptions),
+    open("vae_decoder"),
+    hasEncoder ? open("vae_encoder") : Promise.resolve(undefined),
+  ]);
+  const sessions: Sessions = { textEncoder, unet, vaeDecoder, vaeEncoder };
+  const schedule: ScheduleConfig = (await readJson(`${directory}/scheduler/scheduler_config.json`)) ?? {
+    num_train_timesteps: 1000,
+    beta_start: 0.00085,
+    beta_end: 0.012,
+    beta_schedule: "scaled_linear",
+    steps_offset: 1,
+  };
+  const unetConfig = (await readJson(`${directory}/unet/config.json`)) ?? {};
+  const vaeConfig = (await readJson(`${directory}/vae_decoder/config.json`)) ?? {};
+  const sampleSize = unetConfig.sample_size ?? dimOf(unet, "sample", 2) ?? 64;
+  const unetSpecs = inputSpecs(unet);
+  const timestepSpec = unetSpecs.get("timestep");
+  const info: ModelInfo = {
+    name,
+    directory,
+    nativeWidth: sampleSize * VAE_FACTOR,
+    nativeHeight: sampleSize * VAE_FACTOR,
+    latentChannels: dimOf(unet, "sample", 1) ?? unetConfig.in_channels ?? 4,
+    hiddenSize: dimOf(unet, "encoder_hidden_states", 2) ?? unetConfig.cross_attention_dim ?? 768,
+    scalingFactor: vaeConfig.scaling_factor ?? 0.18215,
+    perRowTimestep: !!timestepSpec && !isBatchScalar(timestepSpec),
+    precision: floatPrecision(unet),
+    canEncodeImages: vaeEncoder !== undefined,
+  };
+  /** Runs a session on pipeline feeds (see session_io.ts), converted at its edge. */
+  const runner = (
+    s: ort.InferenceSession,
+    extra: (rowData: readonly unknown[]) => Feeds = () => ({}),
+  ): RunFn => {
+    const specs = inputSpecs(s);
+    return async (feeds, rowData) =>
+      fromOutputs(await s.run({ ...toInputs(feeds, specs), ...extra(rowData) }) as Feeds);
+  };
+  const packed = new PackedLoraCache(lora.targets, unetSpecs);
+  const runners: Runners = {
+    textEncoder: runner(textEncoder),
+    unet: runner(unet, (rowData) => packed.feeds(rowData.map((r) => (r as RowAdapters | undefined) ?? []))),
+    vaeDecoder: runner(vaeDecoder),
+    vaeEncoder: vaeEncoder && runner(vaeEncoder),
+  };
+  try {
+    await checkModel(info, runners);
+  } catch (error) {
+    await releaseSessions(sessions);
+    throw new Error(`${provider} cannot run this model: ${(error as Error).message}`);
+  }
+  const batchers = {
+    textEncoder: new Batcher("text_encoder", runners.textEncoder, options.batch),
+    unet: new Batcher("unet", runners.unet, options.batch),
+    vaeDecoder: new Batcher("vae_decoder", runners.vaeDecoder, options.batch),
+    vaeEncoder: runners.vaeEncoder && new Batcher("vae_encoder", runners.vaeEncoder, options.batch),
+  };
+  const tokenizer = await ClipTokenizer.load(`${directory}/tokenizer`);
+  return [info, tokenizer, schedule, sessions, batchers, lora.targets] as const;
+}
+
+/**
+ * One row through every graph at 64x64 pixels, as serving runs them (LoRA inputs included): a
+ * provider that cannot run the model fails at start rather than in a request, and the sessions are
+ * warm. Non-finite outputs (a float16 overflow) fail too.
+ */
+async function checkModel(info: ModelInfo, runners: Runners): Promise<void> {
+  const finite = (feeds: Feeds, what: string) => {
+    const data = Object.values(feeds)[0].data as Float32Array;
+    if (!data.every(Number.isFinite)) throw new Error(`${what} returned non-finite values`);
+    return data;
+  };
+  const ids = new Int32Array(77).fill(49407);
+  ids[0] = 49406;
+  const text = finite(
+    await runners.textEncoder({ input_ids: new ort.Tensor("int32", ids, [1, 77]) }, [undefined]),
+    "the text encoder",
+  );
+  const c = info.latentChannels, side = 8;
+  finite(
+    await runners.unet({
+      sample: new ort.Tensor("float32", new Float32Array(c * side * side).fill(0.5), [1, c, side, side]),
+      timestep: new ort.Tensor("float32", Float32Array.of(500), [1]),
+      encoder_hidden_states: new ort.Tensor("float32", text, [
+        1,
+        text.length / info.hiddenSize,
+        info.hiddenSize,
+      ]),
+    }, [undefined]),
+    "the UNet",
+  );
+  const latent = new ort.Tensor("float32", new Float32Array(c * side * side), [1, c, side, side]);
+  finite(await runners.vaeDecoder({ latent_sample: latent }, [undefined]), "the VAE decoder");
+  if (runners.vaeEncoder) {
+    const image = new ort.Tensor("float32", new Float32Array(3 * 64 * 64), [1, 3, 64, 64]);
+    finite(await runners.vaeEncoder({ sample: image }, [undefined]), "the VAE encoder");
+  }
+}
+
+async function releaseSessions(sessions: Sessions): Promise<void> {
+  await Promise.all(
+    Object.values(sessions).filter((s): s is ort.InferenceSession => !!s).map((s) => s.release()),
+  );
 }
 
 export class DiffusionModel {
@@ -98,75 +235,19 @@ export class DiffusionModel {
     readonly provider: ProviderSelection,
   ) {}
 
+  /**
+   * Loads the model on the configured execution provider. Each candidate provider must open every
+   * graph and pass `checkModel`; `auto` moves on to the next one when it cannot, saying why.
+   */
   static async load(directory: string, name: string, options: ModelOptions): Promise<DiffusionModel> {
+    let opened: Awaited<ReturnType<typeof openModel>> | undefined;
     const selection = await selectProvider(options.executionProvider, async (provider) => {
-      const probe = await ort.InferenceSession.create(`${directory}/text_encoder/model.onnx`, {
-        executionProviders: [provider],
-      });
-      await probe.release();
+      opened = await openModel(directory, name, options, provider);
     });
     for (const { provider, reason } of selection.skipped) {
       console.warn(`execution provider ${provider} unavailable: ${reason}`);
     }
-    const sessionOptions: ort.InferenceSession.SessionOptions = {
-      executionProviders: [selection.provider],
-      graphOptimizationLevel: "all",
-    };
-    const open = (part: string) =>
-      ort.InferenceSession.create(`${directory}/${part}/model.onnx`, sessionOptions);
-    const hasEncoder = await exists(`${directory}/vae_encoder/model.onnx`);
-    const lora = await loraGraph(`${directory}/unet/model.onnx`, options.cacheDir);
-    const [textEncoder, unet, vaeDecoder, vaeEncoder] = await Promise.all([
-      open("text_encoder"),
-      ort.InferenceSession.create(lora.path, sessionOptions),
-      open("vae_decoder"),
-      hasEncoder ? open("vae_encoder") : Promise.resolve(undefined),
-    ]);
-    const schedule: ScheduleConfig = (await readJson(`${directory}/scheduler/scheduler_config.json`)) ?? {
-      num_train_timesteps: 1000,
-      beta_start: 0.00085,
-      beta_end: 0.012,
-      beta_schedule: "scaled_linear",
-      steps_offset: 1,
-    };
-    const unetConfig = (await readJson(`${directory}/unet/config.json`)) ?? {};
-    const vaeConfig = (await readJson(`${directory}/vae_decoder/config.json`)) ?? {};
-    const sampleSize = unetConfig.sample_size ?? dimOf(unet, "sample", 2) ?? 64;
-    const timestepMeta = unet.inputMetadata.find((m) => m.name === "timestep");
-    const info: ModelInfo = {
-      name,
-      directory,
-      nativeWidth: sampleSize * VAE_FACTOR,
-      nativeHeight: sampleSize * VAE_FACTOR,
-      latentChannels: dimOf(unet, "sample", 1) ?? unetConfig.in_channels ?? 4,
-      hiddenSize: dimOf(unet, "encoder_hidden_states", 2) ?? unetConfig.cross_attention_dim ?? 768,
-      scalingFactor: vaeConfig.scaling_factor ?? 0.18215,
-      perRowTimestep: !!timestepMeta?.isTensor && timestepMeta.shape.length === 1,
-      canEncodeImages: vaeEncoder !== undefined,
-    };
-    const runner = (s: ort.InferenceSession) => (feeds: Feeds) => s.run(feeds) as Promise<Feeds>;
-    const packed = new PackedLoraCache(lora.targets);
-    const runUnet = (feeds: Feeds, rowData: readonly unknown[]) =>
-      unet.run({
-        ...feeds,
-        ...packed.feeds(rowData.map((r) => (r as RowAdapters | undefined) ?? [])),
-      }) as Promise<Feeds>;
-    const batchers = {
-      textEncoder: new Batcher("text_encoder", runner(textEncoder), options.batch),
-      unet: new Batcher("unet", runUnet, options.batch),
-      vaeDecoder: new Batcher("vae_decoder", runner(vaeDecoder), options.batch),
-      vaeEncoder: vaeEncoder && new Batcher("vae_encoder", runner(vaeEncoder), options.batch),
-    };
-    const tokenizer = await ClipTokenizer.load(`${directory}/tokenizer`);
-    return new DiffusionModel(
-      info,
-      tokenizer,
-      schedule,
-      { textEncoder, unet, vaeDecoder, vaeEncoder },
-      batchers,
-      lora.targets,
-      selection,
-    );
+    return new DiffusionModel(...opened!, selection);
   }
 
   /** Text embeddings [n, 77, hidden] for n prompts, flattened. */
@@ -175,9 +256,7 @@ export class DiffusionModel {
     const length = ids[0].length;
     const flat = new Int32Array(prompts.length * length);
     ids.forEach((row, i) => flat.set(row, i * length));
-    const input = typeOf(this.sessions.textEncoder, "input_ids") === "int64"
-      ? new ort.Tensor("int64", BigInt64Array.from(flat, BigInt), [prompts.length, length])
-      : new ort.Tensor("int32", flat, [prompts.length, length]);
+    const input = new ort.Tensor("int32", flat, [prompts.length, length]);
     const out = await this.batchers.textEncoder.submit({ input_ids: input }, options);
     return out[this.sessions.textEncoder.outputNames[0]].data as Float32Array;
   }
@@ -195,15 +274,10 @@ export class DiffusionModel {
   ): Promise<Float32Array> {
     const { rows, height, width } = shape;
     const c = this.info.latentChannels;
-    const timestepType = typeOf(this.sessions.unet, "timestep");
-    const tRows = this.info.perRowTimestep ? rows : 1;
-    const tDims = this.info.perRowTimestep ? [rows] : [1];
-    const t = timestepType === "int64"
-      ? new ort.Tensor("int64", new BigInt64Array(tRows).fill(BigInt(timestep)), tDims)
-      : new ort.Tensor("float32", new Float32Array(tRows).fill(timestep), tDims);
     const feeds: Feeds = {
       sample: new ort.Tensor("float32", latents, [rows, c, height, width]),
-      timestep: t,
+      // one per row; an export that takes one for the batch gets the first (all equal: see `key`)
+      timestep: new ort.Tensor("float32", new Float32Array(rows).fill(timestep), [rows]),
       encoder_hidden_states: new ort.Tensor("float32", embeddings, [
         rows,
         embeddings.length / rows / this.info.hiddenSize,
@@ -259,9 +333,7 @@ export class DiffusionModel {
     return result;
   }
 
-  async release(): Promise<void> {
-    await Promise.all(
-      Object.values(this.sessions).filter((s): s is ort.InferenceSession => !!s).map((s) => s.release()),
-    );
+  release(): Promise<void> {
+    return releaseSessions(this.sessions);
   }
 }

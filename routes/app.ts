@@ -189,6 +189,7 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
         native_width: model.info.nativeWidth,
         native_height: model.info.nativeHeight,
         latent_channels: model.info.latentChannels,
+        precision: model.info.precision,
         execution_provider: model.provider.provider,
         execution_provider_choice: config.executionProvider,
         execution_providers_skipped: model.provider.skipped,
