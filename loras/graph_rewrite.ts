@@ -42,7 +42,9 @@ export interface RewriteResult {
 const NODE_PATH = /^\/?(.*\/attn[12]\/(?:to_q|to_k|to_v|to_out\.0))\/MatMul(?:_\d+)?$/;
 const WEIGHT_NAME =
   /(?:^|[^\w.])?((?:[\w]+\.)*?(?:down_blocks|mid_block|up_blocks)[\w.]*\.attn[12]\.(?:to_q|to_k|to_v|to_out\.0))\.weight$/;
-const FLOAT = 1;
+/** ONNX TensorProto data types of the weights that can take LoRA inputs (the inputs get the same). */
+const FLOAT = 1, FLOAT16 = 10;
+const LORA_TYPES = new Set([FLOAT, FLOAT16]);
 
 interface Node {
   fields: Field[];
@@ -84,7 +86,7 @@ interface Analysis {
   graph: Field[];
   nodes: Node[];
   /** Target per MatMul node index, with where its weight lives. */
-  matches: Map<number, LoraTarget & { weightName: string; weightTransposed: boolean }>;
+  matches: Map<number, LoraTarget & { weightName: string; weightTransposed: boolean; elemType: number }>;
   externalFiles: string[];
 }
 
@@ -136,8 +138,10 @@ function analyse(modelBytes: Uint8Array): Analysis {
     const module = NODE_PATH.exec(n.name)?.[1]?.replaceAll("/", ".") ??
       (weight ? WEIGHT_NAME.exec(weight.name)?.[1] : undefined);
     if (!module || !weight || seen.has(module)) return;
-    if (weight.dataType !== FLOAT) {
-      throw new Error(`${module}: only float32 weights take LoRA inputs (data type ${weight.dataType})`);
+    if (!LORA_TYPES.has(weight.dataType)) {
+      throw new Error(
+        `${module}: only float32 and float16 weights take LoRA inputs (data type ${weight.dataType})`,
+      );
     }
     seen.add(module);
     matches.set(index, {
@@ -148,6 +152,7 @@ function analyse(modelBytes: Uint8Array): Analysis {
       upInput: `lora.${module}.up`,
       weightName: weight.name,
       weightTransposed: weight.transposed,
+      elemType: weight.dataType,
     });
   });
   return { model, graphIndex, graph, nodes, matches, externalFiles: [...externalFiles] };
@@ -200,25 +205,46 @@ export function addLoraInputs(modelBytes: Uint8Array): RewriteResult {
     rewritten.push(node(`${n.name}/lora_up`, "MatMul", [`${y}/lora_down`, target.upInput], [`${y}/lora_up`]));
     rewritten.push(node(`${n.name}/lora_add`, "Add", [base, `${y}/lora_up`], [y]));
   });
-  const targets = [...a.matches.values()].map(publicTarget);
-  const newInputs = targets.flatMap((t) => [
-    tensorInput(t.downInput, ["batch", t.inFeatures, "lora_rank"], FLOAT),
-    tensorInput(t.upInput, ["batch", "lora_rank", t.outFeatures], FLOAT),
+  const matches = [...a.matches.values()];
+  const newInputs = matches.flatMap((t) => [
+    tensorInput(t.downInput, ["batch", t.inFeatures, "lora_rank"], t.elemType),
+    tensorInput(t.upInput, ["batch", "lora_rank", t.outFeatures], t.elemType),
   ]);
+  const targets = matches.map(publicTarget);
   // Repeated fields keep their own order; nodes stay topologically sorted with each LoRA branch
   // right after the MatMul it extends.
   const graph = [...rewritten, ...a.graph.filter((f) => f.field !== 1), ...newInputs];
   return { model: withGraph(a, graph), targets, externalFiles: a.externalFiles };
 }
 
+/** Reads `length` bytes at `offset` of an external-data file named relative to the model. */
+export type ExternalReader = (location: string, offset: number, length: number) => Uint8Array;
+
+/** A tensor's bytes, inline or external; undefined where they are neither. */
+function tensorBytes(tensor: Field[], readExternal?: ExternalReader): Uint8Array | undefined {
+  const raw = tensor.find((t) => t.field === 9);
+  if (raw) return raw.value as Uint8Array;
+  const entries = new Map(
+    tensor.filter((t) => t.field === 13).map((t) => {
+      const kv = decodeMessage(t.value as Uint8Array);
+      return [firstString(kv, 1)!, firstString(kv, 2)!];
+    }),
+  );
+  const location = entries.get("location");
+  if (!location || !readExternal) return undefined;
+  return readExternal(location, Number(entries.get("offset") ?? 0), Number(entries.get("length")));
+}
+
 /**
  * The graph with `delta(module)` (a [out, in] update, W' = W + delta) added to the weights of the
- * targeted projections: the merged-weights reference that the per-row inputs must equal.
- * Only for graphs whose weights are stored inline (raw_data).
+ * targeted projections: the merged-weights reference that the per-row inputs must equal. Merged
+ * weights are written inline; the others stay where they are (external ones need `readExternal`
+ * only for the merged ones, and the result must sit beside the same external files).
  */
 export function mergeIntoWeights(
   modelBytes: Uint8Array,
   delta: (target: LoraTarget) => Float32Array | undefined,
+  readExternal?: ExternalReader,
 ): Uint8Array {
   const a = analyse(modelBytes);
   const byWeight = new Map([...a.matches.values()].map((t) => [t.weightName, t]));
@@ -228,17 +254,19 @@ export function mergeIntoWeights(
     const target = byWeight.get(firstString(tensor, 8) ?? "");
     const update = target && delta(publicTarget(target));
     if (!target || !update) return f;
-    const raw = tensor.find((t) => t.field === 9);
-    if (!raw) throw new Error(`${target.weightName}: weights are not stored inline`);
-    const weights = new Float32Array((raw.value as Uint8Array).slice().buffer);
+    const bytes = tensorBytes(tensor, readExternal)?.slice();
+    if (!bytes) throw new Error(`${target.weightName}: external weights need a reader`);
+    const weights = target.elemType === FLOAT16
+      ? new Float16Array(bytes.buffer)
+      : new Float32Array(bytes.buffer);
     const { inFeatures: nIn, outFeatures: nOut } = target;
     for (let o = 0; o < nOut; o++) {
       for (let i = 0; i < nIn; i++) {
         weights[target.weightTransposed ? o * nIn + i : i * nOut + o] += update[o * nIn + i];
       }
     }
-    const bytes = new Uint8Array(weights.buffer);
-    return msg(5, tensor.map((t) => t.field === 9 ? { field: 9, wire: BYTES, value: bytes } : t));
+    const inline = tensor.filter((t) => t.field !== 9 && t.field !== 13 && t.field !== 14);
+    return msg(5, [...inline, { field: 9, wire: BYTES, value: bytes }]);
   });
   return withGraph(a, graph);
 }

@@ -38,15 +38,23 @@ const IMAGE_ERRORS = {
   unsupported: [415, "unsupported_image"],
 } as const;
 
-async function readImage(deps: ImageRouteDeps, field: string, text: string, fit: FitMode): Promise<RgbImage> {
+/** The requested pixel size, or the model's native one. */
+function sizeOf(deps: ImageRouteDeps, body: { width?: number; height?: number }) {
+  return {
+    width: body.width ?? deps.model.info.nativeWidth,
+    height: body.height ?? deps.model.info.nativeHeight,
+  };
+}
+
+async function readImage(
+  deps: ImageRouteDeps,
+  field: string,
+  text: string,
+  fit: FitMode,
+  size: { width: number; height: number },
+): Promise<RgbImage> {
   try {
-    return await readImageInput(
-      text,
-      deps.model.info.nativeWidth,
-      deps.model.info.nativeHeight,
-      fit,
-      deps.imageLimits,
-    );
+    return await readImageInput(text, size.width, size.height, fit, deps.imageLimits);
   } catch (error) {
     if (!(error instanceof ImageInputError)) throw error;
     const [status, code] = IMAGE_ERRORS[error.kind];
@@ -110,7 +118,7 @@ export async function handleInvert(
   body: z.infer<ReturnType<typeof invertRequestSchema>>,
   span: Span,
 ) {
-  const image = await readImage(deps, "image", body.image, body.fit);
+  const image = await readImage(deps, "image", body.image, body.fit, sizeOf(deps, body));
   const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
   try {
     const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
@@ -150,7 +158,9 @@ export async function handleEdit(
   body: z.infer<ReturnType<typeof editRequestSchema>>,
   span: Span,
 ) {
-  const image = body.image === undefined ? undefined : await readImage(deps, "image", body.image, body.fit);
+  const image = body.image === undefined
+    ? undefined
+    : await readImage(deps, "image", body.image, body.fit, sizeOf(deps, body));
   const given = body.latent === undefined ? undefined : readLatent(deps, "latent", body.latent);
   const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
   try {
@@ -216,19 +226,18 @@ type InterpolateBody = z.infer<ReturnType<typeof interpolateRequestSchema>>;
 
 export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: InterpolateBody, span: Span) {
   const model = deps.model;
-  const native: LatentShape = {
-    rows: 1,
-    height: model.info.nativeHeight / 8,
-    width: model.info.nativeWidth / 8,
-  };
+  const size = sizeOf(deps, body);
+  const drawn: LatentShape = { rows: 1, height: size.height / 8, width: size.width / 8 };
   // Validate both endpoints before taking a slot.
   const sources = await Promise.all((["from", "to"] as const).map(async (name) => {
     const end = body[name];
-    if ("image" in end) return { name, image: await readImage(deps, `${name}.image`, end.image, body.fit) };
+    if ("image" in end) {
+      return { name, image: await readImage(deps, `${name}.image`, end.image, body.fit, size) };
+    }
     if ("latent" in end) return { name, ...readLatent(deps, `${name}.latent`, end.latent) };
     return { name, seed: end.seed };
   }));
-  const shapes = sources.map((s) => ("shape" in s && s.shape) ? s.shape : native);
+  const shapes = sources.map((s) => ("shape" in s && s.shape) ? s.shape : drawn);
   if (shapes[0].height !== shapes[1].height || shapes[0].width !== shapes[1].width) {
     throw new ApiError(400, "invalid_request", "to: both endpoints must have the same latent size", "to");
   }
@@ -244,7 +253,7 @@ export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: 
     const endpoints: Endpoint[] = await Promise.all(sources.map(async (s, i) => {
       if ("seed" in s && s.seed !== undefined) {
         return {
-          latent: initialNoise(model, [s.seed], native.height, native.width),
+          latent: initialNoise(model, [s.seed], drawn.height, drawn.width),
           embedding: embeddings[i],
         };
       }

@@ -105,6 +105,29 @@ export const latentSchema = z.object({
   data: z.string(),
 }).strict().describe("a latent as /invert returns it: base64 of little-endian float32");
 const steps = (limits: Limits) => z.number().int().min(1).max(limits.maxSteps).default(50);
+/** The size image inputs are fitted to and seed endpoints are drawn at. */
+const sizeFields = {
+  width: side.optional().describe("Pixels, a multiple of 8; default: the model's native width."),
+  height: side.optional().describe("Pixels, a multiple of 8; default: the model's native height."),
+};
+
+/** width x height within the pixel cap, for the routes whose size is optional. */
+function checkSize(limits: Limits) {
+  return (body: { width?: number; height?: number }, ctx: z.RefinementCtx) => {
+    if (body.width === undefined || body.height === undefined) return;
+    const pixels = body.width * body.height;
+    if (pixels > limits.maxPixels) {
+      ctx.addIssue({
+        code: "too_big",
+        origin: "number",
+        maximum: limits.maxPixels,
+        inclusive: true,
+        path: [body.width >= body.height ? "width" : "height"],
+        message: `width x height is ${pixels} pixels; the limit is ${limits.maxPixels}`,
+      });
+    }
+  };
+}
 
 export function invertRequestSchema(limits: Limits) {
   return z.object({
@@ -114,9 +137,10 @@ export function invertRequestSchema(limits: Limits) {
     method: z.enum(INVERSION_METHODS).default("ddim"),
     guidance_scale: z.number().min(0).max(50).default(1).describe("guidance of the reconstruction"),
     fit: fitField,
+    ...sizeFields,
     output_format: z.enum(OUTPUT_FORMATS).default("png"),
     lora: loraFieldSchema,
-  }).strict();
+  }).strict().superRefine(checkSize(limits));
 }
 
 export function editRequestSchema(limits: Limits) {
@@ -133,12 +157,16 @@ export function editRequestSchema(limits: Limits) {
     method: z.enum(INVERSION_METHODS).default("ddim").describe("how the image is inverted"),
     return_reconstruction: z.boolean().default(false),
     fit: fitField,
+    ...sizeFields,
     output_format: z.enum(OUTPUT_FORMATS).default("png"),
     lora: loraFieldSchema,
   }).strict().refine((b) => (b.image === undefined) !== (b.latent === undefined), {
     message: "give exactly one of image or latent",
     path: ["image"],
-  });
+  }).refine((b) => b.latent === undefined || (b.width === undefined && b.height === undefined), {
+    message: "a latent carries its own size: width and height go with an image",
+    path: ["width"],
+  }).superRefine(checkSize(limits));
 }
 
 const endpointSchema = z.union([
@@ -160,7 +188,8 @@ export function interpolateRequestSchema(limits: ImageRouteLimits) {
     animation: z.enum(["none", "webp", "gif"]).default("none"),
     frame_duration_ms: z.number().int().min(10).max(10_000).default(100),
     fit: fitField,
+    ...sizeFields,
     output_format: z.enum(OUTPUT_FORMATS).default("png"),
     lora: loraFieldSchema,
-  }).strict();
+  }).strict().superRefine(checkSize(limits));
 }

@@ -32,7 +32,23 @@ Deno.test("execution provider: auto falls back to the best that loads and says w
   });
   await assertRejects(
     withServer({ EXECUTION_PROVIDER: "cuda" }, () => Promise.resolve()),
-    /no execution provider could be loaded \(cuda:/,
+    /no execution provider could run the model \(cuda:.*\)\. Fix: install onnxruntime-node's CUDA 12 provider/,
+  );
+});
+
+Deno.test("start-up: a provider that cannot run the model stops main.ts with one line naming it and the fix", async () => {
+  let failure = "";
+  try {
+    await (await spawnMain({ EXECUTION_PROVIDER: "cuda" }, { stderr: true })).stop();
+  } catch (error) {
+    failure = (error as Error).message;
+  }
+  assert(failure, "main.ts served on a provider that is not installed");
+  const lines = failure.split("\n").slice(1).filter((l) => l.trim() !== "");
+  assertEquals(lines.length, 1, failure);
+  assert(
+    /^cannot start: no execution provider could run the model \(cuda: .*Fix: install/.test(lines[0]),
+    lines[0],
   );
 });
 

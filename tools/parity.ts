@@ -5,6 +5,7 @@
  *   deno task parity <fixture-dir> <model-dir> [tolerance=1e-4]
  */
 import * as ort from "onnxruntime-node";
+import { fromOutputs, inputSpecs, toInputs } from "../pipeline/session_io.ts";
 
 export interface FixtureTensor {
   name: string;
@@ -45,14 +46,26 @@ export function maxAbsDifference(a: ArrayLike<number>, b: ArrayLike<number>): nu
   return worst;
 }
 
-/** Largest |onnx - torch| per graph output. */
-export async function checkParity(fixtureDir: string, modelDir: string): Promise<Record<string, number>> {
+/**
+ * Largest |onnx - torch| per graph output. The fixture's float32 inputs are converted to what each
+ * graph declares (float16 exports, a timestep for the batch), as the server converts them.
+ */
+export async function checkParity(
+  fixtureDir: string,
+  modelDir: string,
+  provider = "cpu",
+): Promise<Record<string, number>> {
   const { fixture, tensor } = await readFixture(fixtureDir);
   const result: Record<string, number> = {};
   for (const [graph, io] of Object.entries(fixture.graphs)) {
-    const session = await ort.InferenceSession.create(`${modelDir}/${graph}/model.onnx`);
-    const feeds = Object.fromEntries(io.inputs.map((t) => [t.name, tensor(t)]));
-    const outputs = await session.run(feeds);
+    const session = await ort.InferenceSession.create(`${modelDir}/${graph}/model.onnx`, {
+      executionProviders: [provider],
+    });
+    const feeds = toInputs(
+      Object.fromEntries(io.inputs.map((t) => [t.name, tensor(t)])),
+      inputSpecs(session),
+    );
+    const outputs = fromOutputs(await session.run(feeds) as Record<string, ort.Tensor>);
     for (const expected of io.outputs) {
       const got = outputs[expected.name];
       result[`${graph}.${expected.name}`] = got
