@@ -17,8 +17,8 @@ if (!wanted) console.log("sd15_scale_test: ignored; `deno task test:scale` runs 
 if (wanted && !pythonReady) throw new Error("SD15_SCALE=1 needs the training tools' Python (see the README)");
 
 const full = (variant: Sd15Variant) => makeSd15({ variant, size: "full" }).then((m) => m.dir);
-/** Torch float32 against ONNX Runtime at full width, same inputs as the mini test. */
-const PARITY_TOLERANCE: Record<Sd15Variant, number> = { "fp32": 1e-3, "scalar-timestep": 1e-3, "fp16": 1e-1 };
+/** Torch float32 against ONNX Runtime at full width (measured: 7.3e-6 fp32, 4.4e-3 fp16). */
+const PARITY_TOLERANCE: Record<Sd15Variant, number> = { "fp32": 1e-4, "scalar-timestep": 1e-4, "fp16": 2e-2 };
 
 function scaleTest(name: string, fn: () => Promise<void>) {
   Deno.test({ name, ignore: !wanted, fn });

@@ -18,8 +18,8 @@ const model = (variant: Sd15Variant) => {
   return made.get(variant)!;
 };
 
-/** Torch float32 against ONNX Runtime: 1e-4 for the float32 graphs, float16's rounding for fp16. */
-const PARITY_TOLERANCE: Record<Sd15Variant, number> = { "fp32": 1e-4, "scalar-timestep": 1e-4, "fp16": 5e-2 };
+/** Torch float32 against ONNX Runtime: 1e-4 for the float32 graphs; fp16 2e-2 (measured 5.2e-3, the VAE decoder). */
+const PARITY_TOLERANCE: Record<Sd15Variant, number> = { "fp32": 1e-4, "scalar-timestep": 1e-4, "fp16": 2e-2 };
 
 Deno.test({
   name: "sd15 mini: each variant's graphs match torch (fp32 external data, fp16, scalar timestep)",
