@@ -141,27 +141,47 @@ export class Batcher {
       "batch.requests": batch.length,
       ...(tags.length ? { "batch.timesteps": tags.join(",") } : {}),
     }, links);
-    const started = performance.now();
     try {
-      const rowData = batch.flatMap((c) => c.rowData ?? new Array(c.rows).fill(undefined));
-      const outputs = await this.run(
-        batch.length === 1 ? batch[0].feeds : concatFeeds(batch.map((c) => c.feeds)),
-        rowData,
-      );
-      this.stats.runs++;
-      this.stats.rows += rows;
-      this.stats.calls += batch.length;
-      const seconds = (performance.now() - started) / 1000;
-      for (const observe of this.observers) observe(rows, seconds);
-      let offset = 0;
-      for (const call of batch) {
-        call.resolve(batch.length === 1 ? outputs : sliceFeeds(outputs, offset, call.rows, rows));
-        offset += call.rows;
-      }
+      await this.#runAndResolve(batch, rows);
     } catch (error) {
-      for (const call of batch) call.reject(error);
+      if (batch.length === 1) {
+        batch[0].reject(error);
+        return;
+      }
+      // One call's rows (say, its adapters) can fail a whole run: run each call alone, so only
+      // the calls that fail by themselves fail.
+      span.setAttribute("batch.split", true);
+      for (const call of batch) {
+        await this.#runAndResolve([call], call.rows).catch((e) => call.reject(e));
+      }
     } finally {
       span.end();
+    }
+  }
+
+  /** One `run` over the calls' concatenated rows; each call resolved with its own rows. */
+  async #runAndResolve(batch: PendingCall[], rows: number): Promise<void> {
+    const started = performance.now();
+    const rowData = batch.flatMap((c) => c.rowData ?? new Array(c.rows).fill(undefined));
+    const outputs = await this.run(
+      batch.length === 1 ? batch[0].feeds : concatFeeds(batch.map((c) => c.feeds)),
+      rowData,
+    );
+    this.stats.runs++;
+    this.stats.rows += rows;
+    this.stats.calls += batch.length;
+    const seconds = (performance.now() - started) / 1000;
+    let offset = 0;
+    for (const call of batch) {
+      call.resolve(batch.length === 1 ? outputs : sliceFeeds(outputs, offset, call.rows, rows));
+      offset += call.rows;
+    }
+    for (const observe of this.observers) {
+      try {
+        observe(rows, seconds);
+      } catch (error) {
+        console.error(`${this.name} run observer failed:`, error); // an observer never fails the run
+      }
     }
   }
 }
