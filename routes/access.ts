@@ -54,7 +54,9 @@ const TIMEOUT = "TimeoutError";
 
 /**
  * The signal a request's work runs under (`c.get("signal")`), aborted by the first of: the client's
- * request signal, the deadline, or `clientLeft(c)` (a streamed reply whose reader went away).
+ * request signal, the deadline, or `clientLeft(c)` (a streamed reply whose reader went away). The
+ * deadline and the client listener end with the work: when the handler returns, or, for a reply
+ * that goes on working after that (a stream, `workContinues(c)`), when it says it is done.
  */
 export function deadline(ms: number): MiddlewareHandler {
   return async (c, next) => {
@@ -62,21 +64,43 @@ export function deadline(ms: number): MiddlewareHandler {
     // holds weakly (denoland/deno#29075).
     const work = new AbortController();
     const client = c.req.raw.signal;
-    const timer = setTimeout(
-      () => work.abort(new DOMException("the request ran past its deadline", TIMEOUT)),
-      ms,
-    );
-    Deno.unrefTimer(timer);
-    const leave = () => {
+    let ended = false, continues = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
       clearTimeout(timer);
-      work.abort(new DOMException("the client went away", "AbortError"));
+      client.removeEventListener("abort", leave);
     };
+    const stop = (reason: DOMException) => {
+      if (ended) return;
+      end();
+      work.abort(reason);
+    };
+    const leave = () => stop(new DOMException("the client went away", "AbortError"));
+    const timer = setTimeout(() => stop(new DOMException("the request ran past its deadline", TIMEOUT)), ms);
+    Deno.unrefTimer(timer);
     if (client.aborted) leave();
     else client.addEventListener("abort", leave, { once: true });
     c.set("signal", work.signal);
     c.set("leave", leave);
-    await next();
+    c.set("continues", () => {
+      continues = true;
+      return end;
+    });
+    try {
+      await next();
+    } finally {
+      if (!continues) end();
+    }
   };
+}
+
+/**
+ * For a reply that goes on working after its handler returns (a stream): the deadline and the
+ * client listener stay until the returned function is called, when that work is done.
+ */
+export function workContinues(c: Context): () => void {
+  return (c.get("continues") as (() => () => void) | undefined)?.() ?? (() => {});
 }
 
 /**

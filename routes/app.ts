@@ -21,7 +21,7 @@ import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
 import { counterValue, gauge, ServerMetrics } from "../metrics.ts";
 
-type Env = { Variables: { span: Span; signal: AbortSignal; leave: () => void } };
+type Env = { Variables: { span: Span; signal: AbortSignal; leave: () => void; continues: () => () => void } };
 
 export interface AppServices {
   model: DiffusionModel;

@@ -5,7 +5,7 @@ import { encodeBase64 } from "./base64.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
 import { startTask } from "./adapters.ts";
-import { clientLeft, isClientGone, isDeadline } from "./access.ts";
+import { clientLeft, isClientGone, isDeadline, workContinues } from "./access.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
 import type { GenerateRequest } from "./schemas.ts";
 import { generate, type GenerateResult } from "../pipeline/generate.ts";
@@ -94,6 +94,7 @@ export async function handleGenerate(
   });
 
   if (reply === "sse") {
+    const done = workContinues(c); // the deadline holds until the stream ends
     return streamSSE(c, async (stream) => {
       stream.onAbort(() => clientLeft(c));
       try {
@@ -120,6 +121,7 @@ export async function handleGenerate(
         }
       } finally {
         release();
+        done();
       }
     });
   }

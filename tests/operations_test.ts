@@ -1,6 +1,8 @@
 import { deepStrictEqual as assertEquals, ok as assert, rejects as assertRejects } from "node:assert/strict";
 import { post, spawnMain, withServer } from "./helpers.ts";
 import { AUTO_ORDER, selectProvider } from "../pipeline/execution_provider.ts";
+import { Hono } from "hono";
+import { deadline } from "../routes/access.ts";
 
 Deno.test("execution provider: auto falls back to the best that loads and says why; an explicit one must load", async () => {
   const tried: string[] = [];
@@ -155,4 +157,22 @@ Deno.test("access: API keys (same 401 for missing and wrong keys; health stays o
     assertEquals(model.batchers.unet.stats.calls, calls, "its remaining steps were cancelled");
     assertEquals((await post(`${url}/generate`, { prompt: "x", steps: 1 })).status, 200);
   });
+});
+
+Deno.test("access: a request that finishes ends its deadline and its client listener: nothing aborts it afterwards", async () => {
+  const app = new Hono<{ Variables: { signal: AbortSignal } }>();
+  app.use("*", deadline(100));
+  const signals: AbortSignal[] = [];
+  app.get("/quick", (c) => {
+    signals.push(c.get("signal"));
+    return c.text("done");
+  });
+  const client = new AbortController();
+  const res = await app.request(new Request("http://server/quick", { signal: client.signal }));
+  assertEquals([res.status, await res.text()], [200, "done"]);
+  // Well past the 100 ms deadline: its timer, had it been left running, has fired by now.
+  await new Promise((r) => setTimeout(r, 400));
+  assert(!signals[0].aborted, `the finished request was aborted afterwards: ${signals[0].reason}`);
+  client.abort();
+  assert(!signals[0].aborted, "the client's abort listener outlived the request");
 });
