@@ -49,6 +49,16 @@ export class RegistryError extends Error {
   }
 }
 
+/** A located adapter file: a local path, or the hub's word on it and how to download it. */
+interface Located {
+  commit: string;
+  file: string;
+  path?: string;
+  fetch?: () => Promise<string>;
+  /** Resolved by the hub (its revision is recorded in the cache once the file is there). */
+  fromHub?: boolean;
+}
+
 interface Entry {
   adapter: Adapter;
   users: number;
@@ -90,7 +100,8 @@ function chooseFile(files: string[], repo: string): string {
 export class AdapterRegistry {
   readonly stats = { hits: 0, misses: 0, downloads: 0 };
   #entries = new Map<string, Entry>(); // insertion order = recency
-  #inflight = new Map<string, Promise<Adapter>>();
+  #inflight = new Map<string, Promise<Adapter>>(); // by the name requested
+  #reading = new Map<string, Promise<Adapter>>(); // by the file it resolved to (the adapter's id)
   #resolved = new Map<string, { id: string; at: number }>();
   #allow: RegExp[];
   #bytes = 0;
@@ -101,6 +112,11 @@ export class AdapterRegistry {
 
   get bytes(): number {
     return this.#bytes;
+  }
+
+  /** How many (repo, revision, file) names are remembered with the adapter they resolved to. */
+  get resolvedRevisions(): number {
+    return this.#resolved.size;
   }
 
   loaded(): {
@@ -177,33 +193,72 @@ export class AdapterRegistry {
     return adapter;
   }
 
+  /**
+   * Locates the file (local caches, else the hub's metadata), then reads it once per file: keys
+   * that name the same file (a branch and its commit, the file named and not) share one download
+   * and one read, and the entry is added once.
+   */
   async #load(spec: AdapterSpec): Promise<Adapter> {
+    const located = await this.#locate(spec);
+    let adapter;
+    try {
+      adapter = await this.#readOnce(spec, located);
+    } catch (error) {
+      // The hub failed during the download: an adapter already in the cache still serves.
+      const stale = located.fetch && error instanceof RegistryError && error.code.startsWith("hub_")
+        ? await this.#fromCaches(spec, [this.options.cacheDir])
+        : undefined;
+      if (!stale) throw error;
+      return await this.#readOnce(spec, stale);
+    }
+    if (located.fromHub && !COMMIT.test(spec.revision)) {
+      // @huggingface/hub does not record refs; do it so the cache serves this revision offline.
+      const refs = join(this.options.cacheDir, repoFolder(spec.repo), "refs");
+      await Deno.mkdir(refs, { recursive: true });
+      await Deno.writeTextFile(join(refs, spec.revision), located.commit);
+    }
+    return adapter;
+  }
+
+  async #locate(spec: AdapterSpec): Promise<Located> {
     const local = await this.#fromCaches(spec, [
       ...this.options.bundledCacheDirs,
       ...(this.options.offline ? [this.options.cacheDir] : []),
     ]);
-    let located = local;
-    if (!located) {
-      if (this.options.offline) {
-        throw new RegistryError(
-          "adapter_not_cached",
-          `${spec.repo}@${spec.revision} is not in the Hub cache and HF_HUB_OFFLINE is set`,
-        );
-      }
-      try {
-        located = await this.#download(spec);
-      } catch (error) {
-        // The hub is unreachable: an adapter already in the cache still serves.
-        const stale = error instanceof RegistryError && error.code.startsWith("hub_")
-          ? await this.#fromCaches(spec, [this.options.cacheDir])
-          : undefined;
-        if (!stale) throw error;
-        located = stale;
-      }
+    if (local) return local;
+    if (this.options.offline) {
+      throw new RegistryError(
+        "adapter_not_cached",
+        `${spec.repo}@${spec.revision} is not in the Hub cache and HF_HUB_OFFLINE is set`,
+      );
     }
-    const existing = this.#entries.get(`${spec.repo}@${located.commit}:${located.file}`);
-    if (existing) return existing.adapter;
-    const bytes = await Deno.readFile(located.path);
+    try {
+      return await this.#fromHub(spec);
+    } catch (error) {
+      // The hub is unreachable: an adapter already in the cache still serves.
+      const stale = error instanceof RegistryError && error.code.startsWith("hub_")
+        ? await this.#fromCaches(spec, [this.options.cacheDir])
+        : undefined;
+      if (!stale) throw error;
+      return stale;
+    }
+  }
+
+  #readOnce(spec: AdapterSpec, located: Located): Promise<Adapter> {
+    const id = `${spec.repo}@${located.commit}:${located.file}`;
+    const existing = this.#entries.get(id);
+    if (existing) return Promise.resolve(existing.adapter);
+    let reading = this.#reading.get(id);
+    if (!reading) {
+      reading = this.#read(spec, located).finally(() => this.#reading.delete(id));
+      this.#reading.set(id, reading);
+    }
+    return reading;
+  }
+
+  async #read(spec: AdapterSpec, located: Located): Promise<Adapter> {
+    const path = located.path ?? await located.fetch!();
+    const bytes = await Deno.readFile(path);
     if (bytes.length > this.options.maxAdapterBytes) {
       throw new RegistryError(
         "adapter_too_large",
@@ -215,6 +270,9 @@ export class AdapterRegistry {
       bytes,
       this.targets,
     );
+    // After the last await: a request that pinned this adapter may have put it back meanwhile.
+    const existing = this.#entries.get(adapter.id);
+    if (existing) return existing.adapter;
     this.#entries.set(adapter.id, { adapter, users: 0 });
     this.#bytes += adapter.bytes;
     this.#evict();
@@ -238,6 +296,8 @@ export class AdapterRegistry {
       if (entry.users > 0) continue;
       this.#entries.delete(id);
       this.#bytes -= entry.adapter.bytes;
+      // The names that resolved to it go with it: they are the clients' choice, so unbounded.
+      for (const [key, known] of this.#resolved) if (known.id === id) this.#resolved.delete(key);
     }
   }
 
@@ -276,7 +336,8 @@ export class AdapterRegistry {
   #fetch = (input: RequestInfo | URL, init?: RequestInit): Promise<Response> =>
     fetch(input, { ...init, signal: AbortSignal.timeout(this.options.timeoutMs) });
 
-  async #download(spec: AdapterSpec): Promise<{ path: string; commit: string; file: string }> {
+  /** The file's commit from the hub's metadata, with the download left to `fetch`. */
+  async #fromHub(spec: AdapterSpec): Promise<Located> {
     const common = {
       repo: { type: "model" as const, name: spec.repo },
       revision: spec.revision,
@@ -302,19 +363,33 @@ export class AdapterRegistry {
           `${file} is ${info.size} bytes; the limit is ${this.options.maxAdapterBytes}`,
         );
       }
-      this.stats.downloads++;
-      const path = await downloadFileToCacheDir({ ...common, path: file });
-      const commit = info.lastCommit?.id ?? path.split("/snapshots/")[1]?.split("/")[0];
-      if (!commit || !COMMIT.test(commit)) {
-        throw new RegistryError("hub_unavailable", `the hub gave no commit for ${spec.repo}`);
+      const download = async () => {
+        this.stats.downloads++;
+        const path = await downloadFileToCacheDir({ ...common, path: file });
+        const commit = info.lastCommit?.id ?? path.split("/snapshots/")[1]?.split("/")[0];
+        if (!commit || !COMMIT.test(commit)) {
+          throw new RegistryError("hub_unavailable", `the hub gave no commit for ${spec.repo}`);
+        }
+        return { path, commit };
+      };
+      const known = info.lastCommit?.id;
+      if (!known || !COMMIT.test(known)) {
+        // No commit without the download: download now (no sharing with other names).
+        const { path, commit } = await download();
+        return { path, commit, file, fromHub: true };
       }
-      if (!COMMIT.test(spec.revision)) {
-        // @huggingface/hub does not record refs; do it so the cache serves this revision offline.
-        const refs = join(this.options.cacheDir, repoFolder(spec.repo), "refs");
-        await Deno.mkdir(refs, { recursive: true });
-        await Deno.writeTextFile(join(refs, spec.revision), commit);
-      }
-      return { path, commit, file };
+      return {
+        commit: known,
+        file,
+        fromHub: true,
+        fetch: async () => {
+          try {
+            return (await download()).path;
+          } catch (error) {
+            throw this.#hubError(error, spec);
+          }
+        },
+      };
     } catch (error) {
       throw this.#hubError(error, spec);
     }

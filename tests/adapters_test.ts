@@ -6,6 +6,7 @@ import {
 } from "node:assert/strict";
 import { FakeHub } from "./hub_server.ts";
 import { MODEL_DIR, pixels, post, withServer } from "./helpers.ts";
+import type { RunningServer } from "../server.ts";
 import { findLoraTargets } from "../loras/graph_rewrite.ts";
 import { randomAdapter } from "../tools/random_adapter.ts";
 
@@ -98,6 +99,63 @@ Deno.test("adapters: concurrent requests share one download; different adapters 
       }
     });
   });
+});
+
+Deno.test("adapters: one adapter loaded at once under several names (branch and commit, file named and not) is downloaded, counted and pinned once", async () => {
+  const repos = ["acme/r0", "acme/r1", "acme/r2"];
+  // Each adapter's names race: all of its requests load it at the same time.
+  const names = (commits: string[]) =>
+    repos.flatMap((repo, i) => [
+      { repo },
+      { repo, revision: commits[i] },
+      { repo, file: "a.safetensors" },
+      { repo, revision: commits[i], file: "a.safetensors" },
+    ]);
+  const check = async (url: string, adapters: RunningServer["adapters"], specs: unknown[]) => {
+    const results = await Promise.all(specs.map((lora) => generate(url, lora)));
+    assertEquals(
+      results.map((r) => r.status),
+      specs.map(() => 200),
+      JSON.stringify(results.map((r) => r.json.error)),
+    );
+    const loaded = adapters.loaded();
+    assertEquals(loaded.map((a) => [a.repo, a.in_use]).sort(), repos.map((repo) => [repo, 0]));
+    assertEquals(
+      adapters.bytes,
+      loaded.reduce((n, a) => n + a.bytes, 0),
+      "each adapter's bytes counted once",
+    );
+  };
+  // From the hub: one download per file.
+  await withHub(async (hub, env) => {
+    const commits = await Promise.all(repos.map((repo) => hub.addCommit(repo, { "a.safetensors": fileA })));
+    await withServer(env, async ({ url, adapters }) => {
+      await check(url, adapters, names(commits));
+      assertEquals(adapters.stats.downloads, repos.length);
+    });
+  });
+  // From a local Hub cache: no download to share, only the read.
+  const cache = await Deno.makeTempDir();
+  try {
+    const commits = repos.map((_, i) => String(i).repeat(40));
+    for (const [i, repo] of repos.entries()) {
+      const root = `${cache}/models--${repo.replace("/", "--")}`;
+      await Deno.mkdir(`${root}/refs`, { recursive: true });
+      await Deno.mkdir(`${root}/snapshots/${commits[i]}`, { recursive: true });
+      await Deno.writeTextFile(`${root}/refs/main`, commits[i]);
+      await Deno.writeFile(`${root}/snapshots/${commits[i]}/a.safetensors`, fileA);
+    }
+    await withServer(
+      {
+        HF_ENDPOINT: "http://127.0.0.1:9",
+        HF_HUB_CACHE: await Deno.makeTempDir(),
+        LORA_BUNDLED_CACHE: cache,
+      },
+      ({ url, adapters }) => check(url, adapters, names(commits)),
+    );
+  } finally {
+    await Deno.remove(cache, { recursive: true });
+  }
 });
 
 Deno.test("adapters: token-protected repo, pinned commit, and offline mode from the cache", async () => {
@@ -258,6 +316,35 @@ Deno.test("adapters: the in-memory LRU is bounded by bytes and never evicts an a
         assertEquals((await generate(url, { repo: "acme/c" })).status, 200);
         assertEquals(loaded(), ["acme/c"], "acme/a is idle now and least recently used: it goes");
         assert(adapters.bytes <= bytesOfOne * 1.5);
+      },
+    );
+  });
+});
+
+Deno.test("adapters: the revisions a client names are forgotten with the adapter they resolved to", async () => {
+  await withHub(async (hub, env) => {
+    const commit = await hub.addCommit("acme/a", { "a.safetensors": fileA });
+    await hub.addCommit("acme/c", {
+      "c.safetensors": randomAdapter(targets, { seed: 7, rank: 4, format: "kohya" }),
+    });
+    const bytesOfOne = targets.reduce((n, t) => n + 4 * (t.inFeatures + t.outFeatures) * 4, 0);
+    await withServer(
+      { ...env, LORA_CACHE_BYTES: String(Math.floor(bytesOfOne * 1.5)) },
+      async ({ url, adapters }) => {
+        for (
+          const lora of [
+            { repo: "acme/a" },
+            { repo: "acme/a", revision: commit },
+            { repo: "acme/a", file: "a.safetensors" },
+            { repo: "acme/a", revision: commit, file: "a.safetensors" },
+          ]
+        ) {
+          assertEquals((await generate(url, lora, { steps: 1 })).status, 200);
+        }
+        assertEquals(adapters.resolvedRevisions, 4);
+        assertEquals((await generate(url, { repo: "acme/c" }, { steps: 1 })).status, 200);
+        assertEquals(adapters.loaded().map((a) => a.repo), ["acme/c"], "acme/a was evicted");
+        assertEquals(adapters.resolvedRevisions, 1, "only acme/c's revision is still known");
       },
     );
   });
