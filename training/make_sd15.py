@@ -48,9 +48,16 @@ class Graph(torch.nn.Module):
 
 
 def export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict) -> None:
+    import inspect
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The TorchScript exporter, whatever the version: its node names (`/down_blocks.0/.../attn1/to_q/MatMul`)
+    # are what the LoRA rewrite finds, and `dynamic_axes` is its argument. torch 2.9 made the dynamo exporter
+    # the default (other node names, `dynamic_shapes` instead); `dynamo=False` (torch 2.5+) keeps this one.
+    accepted = inspect.signature(torch.onnx.export).parameters
+    exporter = {"dynamo": False} if "dynamo" in accepted else {}
     torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
-                      opset_version=OPSET, do_constant_folding=True)
+                      opset_version=OPSET, do_constant_folding=True, **exporter)
 
 
 def tensor_bytes(tensor: TensorProto, base: Path) -> bytes:
