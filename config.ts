@@ -33,6 +33,7 @@ const schema = z.object({
   MAX_IMAGE_BYTES: integer(10 * 1024 * 1024, 1024),
   MAX_INPUT_PIXELS: integer(4096 * 4096, 64),
   MAX_FRAMES: integer(64, 2),
+  MEMORY_BUDGET_BYTES: z.coerce.number().int().min(1).optional(),
   HF_ENDPOINT: z.string().url().default("https://huggingface.co"),
   HF_TOKEN: z.string().optional(),
   HF_HUB_CACHE: z.string().optional(),
@@ -62,6 +63,8 @@ export interface Config {
   /** SIGTERM: how long to keep answering (readiness 503) before closing, and the deadline for in-flight work. */
   shutdown: { drainDelayMs: number; timeoutMs: number };
   batch: { enabled: boolean; maxRows: number; maxWaitMs: number };
+  /** Bytes one model run may add to the server's resident memory; unset: derived at start (see pipeline/cost.ts). */
+  memoryBudgetBytes?: number;
   limits: {
     maxConcurrentRequests: number;
     maxSteps: number;
@@ -106,6 +109,7 @@ export function loadConfig(env: Record<string, string | undefined> = Deno.env.to
     },
     shutdown: { drainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS, timeoutMs: e.SHUTDOWN_TIMEOUT_MS },
     batch: { enabled: e.BATCHING, maxRows: e.BATCH_MAX_ROWS, maxWaitMs: e.BATCH_MAX_WAIT_MS },
+    memoryBudgetBytes: e.MEMORY_BUDGET_BYTES,
     limits: {
       maxConcurrentRequests: e.MAX_CONCURRENT_REQUESTS,
       maxSteps: e.MAX_STEPS,

@@ -18,6 +18,7 @@ export async function loadServing(config: Config) {
   const location = await resolveModel(config.model, config.hub);
   const model = await DiffusionModel.load(location.directory, location.name, {
     batch: config.batch,
+    memoryBudgetBytes: config.memoryBudgetBytes,
     executionProvider: config.executionProvider,
     cacheDir: config.cacheDir,
   });

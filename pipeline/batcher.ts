@@ -26,7 +26,12 @@ export interface BatchOptions {
   maxWaitMs: number;
   /** false: one call per run (for benchmarks against no batching). */
   enabled: boolean;
+  /** Bytes a run may cost: calls join a run only while `runBytes` of its rows stays within it. */
+  budgetBytes?: number;
 }
+
+/** Estimated peak bytes of one run of `rows` rows shaped like `feeds`. */
+export type RunBytes = (rows: number, feeds: Feeds) => number;
 
 export interface CallOptions {
   key?: string;
@@ -66,7 +71,18 @@ export class Batcher {
   #running = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
-  constructor(readonly name: string, private readonly run: RunFn, private readonly options: BatchOptions) {}
+  constructor(
+    readonly name: string,
+    private readonly run: RunFn,
+    private readonly options: BatchOptions,
+    private readonly runBytes?: RunBytes,
+  ) {}
+
+  /** Whether `rows` rows shaped like `feeds` fit in one run's byte budget. */
+  fits(rows: number, feeds: Feeds): boolean {
+    const budget = this.options.budgetBytes;
+    return budget === undefined || !this.runBytes || this.runBytes(rows, feeds) <= budget;
+  }
 
   get pendingCalls(): number {
     return this.#queue.length;
@@ -104,7 +120,8 @@ export class Batcher {
     let rows = 0;
     for (const call of this.#queue) {
       if (call.key !== key) continue;
-      if (batch.length > 0 && (rows + call.rows > this.options.maxRows || !this.options.enabled)) break;
+      const full = rows + call.rows > this.options.maxRows || !this.fits(rows + call.rows, call.feeds);
+      if (batch.length > 0 && (full || !this.options.enabled)) break;
       batch.push(call);
       rows += call.rows;
     }

@@ -13,6 +13,14 @@ import { loraGraph } from "../loras/graph_cache.ts";
 import type { LoraTarget } from "../loras/graph_rewrite.ts";
 import { compositionKey, packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
 import {
+  type CostCurve,
+  fitCurve,
+  machineMemoryBytes,
+  measurePeak,
+  residentBytes,
+  runBytes,
+} from "./cost.ts";
+import {
   floatPrecision,
   fromOutputs,
   type InputSpec,
@@ -38,8 +46,19 @@ export interface ModelInfo {
   canEncodeImages: boolean;
 }
 
+/** Share of the machine's memory that one run may take (less what the server holds after loading). */
+export const DEFAULT_BUDGET_SHARE = 0.5;
+
+export interface MemoryPlan {
+  budgetBytes: number;
+  /** Measured per graph; undefined where the system does not report peak memory (no budget then). */
+  costs?: Partial<Record<"unet" | "vaeDecoder" | "vaeEncoder", CostCurve>>;
+}
+
 export interface ModelOptions {
   batch: BatchOptions;
+  /** Bytes one model run may add to resident memory; default: see DEFAULT_BUDGET_SHARE. */
+  memoryBudgetBytes?: number;
   executionProvider: ProviderChoice;
   /** Where the LoRA-rewritten UNet is cached. */
   cacheDir: string;
@@ -108,6 +127,10 @@ async function openModel(directory: string, name: string, options: ModelOptions,
   const sessionOptions: ort.InferenceSession.SessionOptions = {
     executionProviders: [provider],
     graphOptimizationLevel: "all",
+    // No CPU arena: ONNX Runtime's arena keeps the peak of the largest run for the process's life
+    // (one 1024x1024 request left the embedded model's server at 10 GB); without it, freed
+    // activations go back to the system (measured: 995 -> 288 MiB after a 512x512 request).
+    enableCpuMemArena: false,
   };
   const open = (part: string) =>
     ort.InferenceSession.create(`${directory}/${part}/model.onnx`, sessionOptions);
@@ -160,58 +183,114 @@ async function openModel(directory: string, name: string, options: ModelOptions,
     vaeDecoder: runner(vaeDecoder),
     vaeEncoder: vaeEncoder && runner(vaeEncoder),
   };
+  let text: Float32Array;
   try {
-    await checkModel(info, runners);
+    text = await checkModel(info, runners);
   } catch (error) {
     await releaseSessions(sessions);
     throw new Error(`${provider} cannot run this model: ${(error as Error).message}`);
   }
+  const costs = await calibrateCosts(info, runners, text);
+  const memory: MemoryPlan = {
+    budgetBytes: options.memoryBudgetBytes ??
+      Math.max(0, DEFAULT_BUDGET_SHARE * machineMemoryBytes() - residentBytes()),
+    costs,
+  };
+  if (!costs) console.warn("memory budget not enforced: this system does not report peak resident memory");
+  const batch = { ...options.batch, budgetBytes: costs && memory.budgetBytes };
+  const bytesOf = (graph: Graph, sample: string) => (rows: number, feeds: Feeds) => {
+    const [, , h, w] = feeds[sample].dims;
+    return costs?.[graph] ? runBytes(costs[graph]!, rows, h * w) : 0;
+  };
   const batchers = {
     textEncoder: new Batcher("text_encoder", runners.textEncoder, options.batch),
-    unet: new Batcher("unet", runners.unet, options.batch),
-    vaeDecoder: new Batcher("vae_decoder", runners.vaeDecoder, options.batch),
-    vaeEncoder: runners.vaeEncoder && new Batcher("vae_encoder", runners.vaeEncoder, options.batch),
+    unet: new Batcher("unet", runners.unet, batch, bytesOf("unet", "sample")),
+    vaeDecoder: new Batcher("vae_decoder", runners.vaeDecoder, batch, bytesOf("vaeDecoder", "latent_sample")),
+    vaeEncoder: runners.vaeEncoder &&
+      new Batcher("vae_encoder", runners.vaeEncoder, batch, (rows, feeds) => {
+        const [, , h, w] = feeds.sample.dims;
+        return costs?.vaeEncoder ? runBytes(costs.vaeEncoder, rows, (h / VAE_FACTOR) * (w / VAE_FACTOR)) : 0;
+      }),
   };
   const tokenizer = await ClipTokenizer.load(`${directory}/tokenizer`);
-  return [info, tokenizer, schedule, sessions, batchers, lora.targets] as const;
+  return [info, tokenizer, schedule, sessions, batchers, lora.targets, memory] as const;
+}
+
+type Graph = keyof Runners;
+
+/** One row of made-up inputs for a graph at a latent of side x side (the UNet also takes `text`). */
+function probeFeeds(graph: Graph, info: ModelInfo, side: number, text?: Float32Array): Feeds {
+  const c = info.latentChannels;
+  const latent = (fill: number) =>
+    new ort.Tensor("float32", new Float32Array(c * side * side).fill(fill), [1, c, side, side]);
+  switch (graph) {
+    case "textEncoder": {
+      const ids = new Int32Array(77).fill(49407);
+      ids[0] = 49406;
+      return { input_ids: new ort.Tensor("int32", ids, [1, 77]) };
+    }
+    case "unet":
+      return {
+        sample: latent(0.5),
+        timestep: new ort.Tensor("float32", Float32Array.of(500), [1]),
+        encoder_hidden_states: new ort.Tensor("float32", text!, [
+          1,
+          text!.length / info.hiddenSize,
+          info.hiddenSize,
+        ]),
+      };
+    case "vaeDecoder":
+      return { latent_sample: latent(0) };
+    case "vaeEncoder": {
+      const pixels = side * VAE_FACTOR;
+      return {
+        sample: new ort.Tensor("float32", new Float32Array(3 * pixels * pixels), [1, 3, pixels, pixels]),
+      };
+    }
+  }
 }
 
 /**
  * One row through every graph at 64x64 pixels, as serving runs them (LoRA inputs included): a
  * provider that cannot run the model fails at start rather than in a request, and the sessions are
- * warm. Non-finite outputs (a float16 overflow) fail too.
+ * warm. Non-finite outputs (a float16 overflow) fail too. Returns the empty prompt's embedding.
  */
-async function checkModel(info: ModelInfo, runners: Runners): Promise<void> {
-  const finite = (feeds: Feeds, what: string) => {
-    const data = Object.values(feeds)[0].data as Float32Array;
-    if (!data.every(Number.isFinite)) throw new Error(`${what} returned non-finite values`);
+async function checkModel(info: ModelInfo, runners: Runners): Promise<Float32Array> {
+  const run = async (graph: Graph, text?: Float32Array) => {
+    const out = await runners[graph]!(probeFeeds(graph, info, 8, text), [undefined]);
+    const data = Object.values(out)[0].data as Float32Array;
+    if (!data.every(Number.isFinite)) throw new Error(`the ${graph} graph returned non-finite values`);
     return data;
   };
-  const ids = new Int32Array(77).fill(49407);
-  ids[0] = 49406;
-  const text = finite(
-    await runners.textEncoder({ input_ids: new ort.Tensor("int32", ids, [1, 77]) }, [undefined]),
-    "the text encoder",
-  );
-  const c = info.latentChannels, side = 8;
-  finite(
-    await runners.unet({
-      sample: new ort.Tensor("float32", new Float32Array(c * side * side).fill(0.5), [1, c, side, side]),
-      timestep: new ort.Tensor("float32", Float32Array.of(500), [1]),
-      encoder_hidden_states: new ort.Tensor("float32", text, [
-        1,
-        text.length / info.hiddenSize,
-        info.hiddenSize,
-      ]),
-    }, [undefined]),
-    "the UNet",
-  );
-  const latent = new ort.Tensor("float32", new Float32Array(c * side * side), [1, c, side, side]);
-  finite(await runners.vaeDecoder({ latent_sample: latent }, [undefined]), "the VAE decoder");
-  if (runners.vaeEncoder) {
-    const image = new ort.Tensor("float32", new Float32Array(3 * 64 * 64), [1, 3, 64, 64]);
-    finite(await runners.vaeEncoder({ sample: image }, [undefined]), "the VAE encoder");
+  const text = await run("textEncoder");
+  await run("unet", text);
+  await run("vaeDecoder");
+  if (runners.vaeEncoder) await run("vaeEncoder");
+  return text;
+}
+
+/** Latent sides the cost curves are measured at, up to SD 1.5's native 512x512 pixels. */
+const CALIBRATION_SIDES = [16, 32, 64];
+
+/**
+ * Each image-sized graph's memory curve (see pipeline/cost.ts), measured one row at a time from the
+ * smallest size up; undefined where the system does not report peak memory.
+ */
+async function calibrateCosts(info: ModelInfo, runners: Runners, text: Float32Array) {
+  const costs: Partial<Record<Graph, CostCurve>> = {};
+  for (const graph of ["unet", "vaeDecoder", "vaeEncoder"] as const) {
+    const run = runners[graph];
+    if (!run) continue;
+    const points = [];
+    for (const side of CALIBRATION_SIDES) {
+      const feeds = probeFeeds(graph, info, side, text);
+      const bytes = await measurePeak(() => run(feeds, [undefined]));
+      if (bytes === undefined) return undefined;
+      points.push({ positions: side * side, bytes });
+    }
+    costs[graph] = fitCurve(points);
   }
+  return costs;
 }
 
 async function releaseSessions(sessions: Sessions): Promise<void> {
@@ -231,9 +310,28 @@ export class DiffusionModel {
     readonly batchers: Record<"textEncoder" | "unet" | "vaeDecoder", Batcher> & { vaeEncoder?: Batcher },
     /** The attention projections that take per-row LoRA inputs. */
     readonly loraTargets: LoraTarget[],
+    /** Bytes a model run may add, and what runs cost (measured at start). */
+    readonly memory: MemoryPlan,
     /** The execution provider in use and those passed over. */
     readonly provider: ProviderSelection,
   ) {}
+
+  /**
+   * The largest single model run a request makes: `unetRows` UNet rows and `imageRows` VAE rows at
+   * width x height pixels. Undefined when it fits the memory budget (or none is enforced), else the
+   * bytes it needs.
+   */
+  runTooLarge(width: number, height: number, unetRows: number, imageRows: number): number | undefined {
+    const { costs, budgetBytes } = this.memory;
+    if (!costs) return undefined;
+    const positions = (width / VAE_FACTOR) * (height / VAE_FACTOR);
+    const needed = Math.max(
+      costs.unet ? runBytes(costs.unet, unetRows, positions) : 0,
+      costs.vaeDecoder ? runBytes(costs.vaeDecoder, imageRows, positions) : 0,
+      costs.vaeEncoder ? runBytes(costs.vaeEncoder, imageRows, positions) : 0,
+    );
+    return needed > budgetBytes ? needed : undefined;
+  }
 
   /**
    * Loads the model on the configured execution provider. Each candidate provider must open every

@@ -60,11 +60,18 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
   const { model, config } = services;
   const admission = new Admission(config.limits.maxConcurrentRequests);
   const native = { width: model.info.nativeWidth, height: model.info.nativeHeight };
+  const limits = {
+    ...config.limits,
+    // a size left out is the model's native one
+    runTooLarge: (width: number, height: number, unetRows: number, imageRows: number) =>
+      model.runTooLarge(width || native.width, height || native.height, unetRows, imageRows),
+    memoryBudgetBytes: model.memory.budgetBytes,
+  };
   const schemas = {
-    generate: generateRequestSchema(config.limits, native),
-    invert: invertRequestSchema(config.limits),
-    edit: editRequestSchema(config.limits),
-    interpolate: interpolateRequestSchema(config.limits),
+    generate: generateRequestSchema(limits, native),
+    invert: invertRequestSchema(limits),
+    edit: editRequestSchema(limits),
+    interpolate: interpolateRequestSchema(limits),
   };
   const imageDeps: ImageRouteDeps = {
     model,
@@ -190,6 +197,11 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
         native_height: model.info.nativeHeight,
         latent_channels: model.info.latentChannels,
         precision: model.info.precision,
+        memory: {
+          budget_bytes: model.memory.budgetBytes,
+          enforced: model.memory.costs !== undefined,
+          run_cost: model.memory.costs,
+        },
         execution_provider: model.provider.provider,
         execution_provider_choice: config.executionProvider,
         execution_providers_skipped: model.provider.skipped,

@@ -84,6 +84,16 @@ function readLatent(
       field,
     );
   }
+  const needed = deps.model.runTooLarge(w * 8, h * 8, 2, 1);
+  if (needed !== undefined) {
+    throw new ApiError(
+      400,
+      "limit_exceeded",
+      `${field}: one model run at this size needs about ${(needed / 2 ** 30).toFixed(2)} GiB; the memory ` +
+        `budget is ${(deps.model.memory.budgetBytes / 2 ** 30).toFixed(2)} GiB (MEMORY_BUDGET_BYTES)`,
+      field,
+    );
+  }
   try {
     return { latent: decodeLatent(wire), shape: { rows: 1, height: h, width: w } };
   } catch (error) {

@@ -10,7 +10,41 @@ export interface Limits {
   maxSteps: number;
   maxPixels: number;
   maxImages: number;
+  /** The bytes the largest single model run of a request needs where that exceeds the budget (see DiffusionModel.runTooLarge). */
+  runTooLarge?: (width: number, height: number, unetRows: number, imageRows: number) => number | undefined;
+  memoryBudgetBytes?: number;
 }
+
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+
+/**
+ * A request whose largest model run could never fit the memory budget is refused before any work,
+ * naming the field to change: the image count where one image alone would fit, else the size.
+ */
+function checkMemory(
+  limits: Limits,
+  ctx: z.RefinementCtx,
+  size: { width?: number; height?: number },
+  rowsPerImage: number,
+  images = 1,
+) {
+  const needed = limits.runTooLarge?.(size.width ?? NaN, size.height ?? NaN, rowsPerImage * images, images);
+  if (needed === undefined) return;
+  const oneFits = images > 1 &&
+    limits.runTooLarge!(size.width ?? NaN, size.height ?? NaN, rowsPerImage, 1) === undefined;
+  const path = oneFits ? "num_images" : (size.width ?? 0) >= (size.height ?? 0) ? "width" : "height";
+  ctx.addIssue({
+    code: "too_big",
+    origin: "number",
+    maximum: limits.memoryBudgetBytes ?? 0,
+    inclusive: true,
+    path: [path],
+    message: `one model run of this request needs about ${gib(needed)}; the memory budget is ` +
+      `${gib(limits.memoryBudgetBytes ?? 0)} (MEMORY_BUDGET_BYTES): lower ${path}`,
+  });
+}
+/** Rows one image takes in a UNet run: two with classifier-free guidance. */
+const rowsFor = (guidance: number) => guidance === 1 ? 1 : 2;
 
 const REPO_ID = /^[A-Za-z0-9][\w.-]{0,95}\/[A-Za-z0-9][\w.-]{0,95}$/;
 const REVISION = /^[\w.-]+(\/[\w.-]+)*$/;
@@ -68,7 +102,9 @@ export function generateRequestSchema(limits: Limits, native: NativeSize) {
         path: [body.width >= body.height ? "width" : "height"],
         message: `width x height x num_images is ${pixels} pixels; the limit is ${limits.maxPixels}`,
       });
+      return;
     }
+    checkMemory(limits, ctx, body, rowsFor(body.guidance_scale), body.num_images);
   });
 }
 
@@ -114,9 +150,10 @@ const sizeFields = {
 /** width x height within the pixel cap, for the routes whose size is optional. */
 function checkSize(limits: Limits) {
   return (body: { width?: number; height?: number }, ctx: z.RefinementCtx) => {
-    if (body.width === undefined || body.height === undefined) return;
-    const pixels = body.width * body.height;
-    if (pixels > limits.maxPixels) {
+    if (
+      body.width !== undefined && body.height !== undefined && body.width * body.height > limits.maxPixels
+    ) {
+      const pixels = body.width * body.height;
       ctx.addIssue({
         code: "too_big",
         origin: "number",
@@ -125,7 +162,9 @@ function checkSize(limits: Limits) {
         path: [body.width >= body.height ? "width" : "height"],
         message: `width x height is ${pixels} pixels; the limit is ${limits.maxPixels}`,
       });
+      return;
     }
+    checkMemory(limits, ctx, body, 2);
   };
 }
 
