@@ -190,13 +190,20 @@ async function openModel(directory: string, name: string, options: ModelOptions,
     await releaseSessions(sessions);
     throw new Error(`${provider} cannot run this model: ${(error as Error).message}`);
   }
-  const costs = await calibrateCosts(info, runners, text);
+  // Device providers keep activations in device memory, which peak resident memory does not see.
+  const costs = provider === "cpu" ? await calibrateCosts(info, runners, text) : undefined;
   const memory: MemoryPlan = {
     budgetBytes: options.memoryBudgetBytes ??
       Math.max(0, DEFAULT_BUDGET_SHARE * machineMemoryBytes() - residentBytes()),
     costs,
   };
-  if (!costs) console.warn("memory budget not enforced: this system does not report peak resident memory");
+  if (!costs) {
+    console.warn(
+      provider === "cpu"
+        ? "memory budget not enforced: this system does not report peak resident memory"
+        : `memory budget not enforced on ${provider}: run costs are measured in host memory only`,
+    );
+  }
   const batch = { ...options.batch, budgetBytes: costs && memory.budgetBytes };
   const bytesOf = (graph: Graph, sample: string) => (rows: number, feeds: Feeds) => {
     const [, , h, w] = feeds[sample].dims;
