@@ -34,7 +34,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   const stopTelemetry = setupTelemetry(config.telemetry);
   const { location, model, adapters } = await loadServing(config);
   let draining = false;
-  const { app } = createApp({ model, adapters, config, ready: () => !draining });
+  const { app, requests } = createApp({ model, adapters, config, ready: () => !draining });
   const server = Deno.serve({
     port: config.port,
     hostname: config.host,
@@ -50,17 +50,31 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     /**
      * Graceful stop: readiness turns 503 and new work is refused with 503 for the drain delay (so
      * load balancers move away), then the listener closes and in-flight requests finish, up to
-     * the shutdown deadline.
+     * the shutdown deadline. Past it, their work is stopped (they get 503) and the model is
+     * released once it has ended: a batched run in progress finishes first.
      */
     async close() {
       draining = true;
       await new Promise((r) => setTimeout(r, config.shutdown.drainDelayMs));
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const deadline = new Promise<void>((r) => timer = setTimeout(r, config.shutdown.timeoutMs));
-      await Promise.race([server.shutdown(), deadline]);
-      clearTimeout(timer);
+      if (!await within(server.shutdown(), config.shutdown.timeoutMs)) {
+        requests.stopAll();
+        if (!await within(requests.ended(), config.shutdown.timeoutMs)) {
+          console.error(`shutdown: ${requests.size} requests still running; releasing the model anyway`);
+        }
+      }
       await model.release();
       await stopTelemetry();
     },
   };
+}
+
+/** Whether `promise` settled within `ms`. */
+async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
+  try {
+    return await Promise.race([promise.then(() => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

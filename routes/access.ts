@@ -51,29 +51,62 @@ export function corsFor(origins: string[]): MiddlewareHandler {
 }
 
 const TIMEOUT = "TimeoutError";
+const SHUTDOWN = "ShutdownError";
+
+/** The requests whose work is under way: a shutdown stops them all, then waits for them to end. */
+export class RequestWork {
+  #stops = new Set<(reason: DOMException) => void>();
+  #idle: (() => void)[] = [];
+  #stopping?: DOMException;
+
+  get size(): number {
+    return this.#stops.size;
+  }
+
+  /** Registers a request's `stop`; the returned function says its work has ended. */
+  add(stop: (reason: DOMException) => void): () => void {
+    if (this.#stopping) stop(this.#stopping);
+    this.#stops.add(stop);
+    return () => {
+      if (!this.#stops.delete(stop) || this.#stops.size > 0) return;
+      for (const resolve of this.#idle.splice(0)) resolve();
+    };
+  }
+
+  /** Aborts every request's work, and any that comes later, with a shutdown reason. */
+  stopAll(): void {
+    this.#stopping = new DOMException("the server is shutting down", SHUTDOWN);
+    for (const stop of [...this.#stops]) stop(this.#stopping);
+  }
+
+  /** Resolves once no request's work is under way. */
+  ended(): Promise<void> {
+    return this.#stops.size === 0 ? Promise.resolve() : new Promise((resolve) => this.#idle.push(resolve));
+  }
+}
 
 /**
  * The signal a request's work runs under (`c.get("signal")`), aborted by the first of: the client's
- * request signal, the deadline, or `clientLeft(c)` (a streamed reply whose reader went away). The
- * deadline and the client listener end with the work: when the handler returns, or, for a reply
- * that goes on working after that (a stream, `workContinues(c)`), when it says it is done.
+ * request signal, the deadline, `clientLeft(c)` (a streamed reply whose reader went away), or a
+ * shutdown (`requests.stopAll()`). The deadline and the client listener end with the work: when the
+ * handler returns, or, for a reply that goes on working after that (a stream, `workContinues(c)`),
+ * when it says it is done; only then does it leave `requests`.
  */
-export function deadline(ms: number): MiddlewareHandler {
+export function deadline(ms: number, requests = new RequestWork()): MiddlewareHandler {
   return async (c, next) => {
     // A plain controller reached through a listener rather than AbortSignal.any, whose dependents Deno
     // holds weakly (denoland/deno#29075).
     const work = new AbortController();
     const client = c.req.raw.signal;
-    let ended = false, continues = false;
-    const end = () => {
-      if (ended) return;
-      ended = true;
+    let stopped = false, finished = false, continues = false;
+    const disarm = () => {
       clearTimeout(timer);
       client.removeEventListener("abort", leave);
     };
     const stop = (reason: DOMException) => {
-      if (ended) return;
-      end();
+      if (stopped || finished) return;
+      stopped = true;
+      disarm();
       work.abort(reason);
     };
     const leave = () => stop(new DOMException("the client went away", "AbortError"));
@@ -81,16 +114,23 @@ export function deadline(ms: number): MiddlewareHandler {
     Deno.unrefTimer(timer);
     if (client.aborted) leave();
     else client.addEventListener("abort", leave, { once: true });
+    const ended = requests.add(stop);
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      disarm();
+      ended();
+    };
     c.set("signal", work.signal);
     c.set("leave", leave);
     c.set("continues", () => {
       continues = true;
-      return end;
+      return finish;
     });
     try {
       await next();
     } finally {
-      if (!continues) end();
+      if (!continues) finish();
     }
   };
 }
@@ -115,12 +155,28 @@ export function clientLeft(c: Context): void {
 /** The client went away (it closed the connection or dropped a streamed reply). */
 export function isClientGone(c: Context): boolean {
   const signal = c.get("signal") as AbortSignal | undefined;
-  return c.req.raw.signal.aborted || (!!signal?.aborted && signal.reason?.name !== TIMEOUT);
+  return c.req.raw.signal.aborted ||
+    (!!signal?.aborted && signal.reason?.name !== TIMEOUT && signal.reason?.name !== SHUTDOWN);
+}
+
+function stoppedBy(c: Context, error: unknown, name: string): boolean {
+  const signal = c.get("signal") as AbortSignal | undefined;
+  return !isClientGone(c) && !!signal?.aborted && signal.reason?.name === name &&
+    (error === signal.reason || (error instanceof DOMException && error.name === name));
 }
 
 /** The request's work was stopped by its deadline, with the client still there. */
 export function isDeadline(c: Context, error: unknown): boolean {
-  const signal = c.get("signal") as AbortSignal | undefined;
-  return !isClientGone(c) && !!signal?.aborted &&
-    (error === signal.reason || (error instanceof DOMException && error.name === TIMEOUT));
+  return stoppedBy(c, error, TIMEOUT);
 }
+
+/** The request's work was stopped because the server is shutting down, with the client still there. */
+export function isShutdown(c: Context, error: unknown): boolean {
+  return stoppedBy(c, error, SHUTDOWN);
+}
+
+/** The error a request stopped by a shutdown gets. */
+export const SHUTDOWN_ERROR = {
+  code: "shutting_down",
+  message: "the server shut down before the request finished; retry on another replica",
+} as const;

@@ -3,7 +3,16 @@ import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import type { z } from "zod";
 import { ApiError, errorBody, errorResponse, fromZodError } from "./errors.ts";
-import { apiKeys, corsFor, deadline, isClientGone, isDeadline } from "./access.ts";
+import {
+  apiKeys,
+  corsFor,
+  deadline,
+  isClientGone,
+  isDeadline,
+  isShutdown,
+  RequestWork,
+  SHUTDOWN_ERROR,
+} from "./access.ts";
 import { Admission } from "./admission.ts";
 import {
   editRequestSchema,
@@ -56,9 +65,12 @@ function processMemory(): string[] {
   ];
 }
 
-export function createApp(services: AppServices): { app: Hono<Env>; admission: Admission } {
+export function createApp(
+  services: AppServices,
+): { app: Hono<Env>; admission: Admission; requests: RequestWork } {
   const { model, config } = services;
   const admission = new Admission(config.limits.maxConcurrentRequests);
+  const requests = new RequestWork();
   const native = { width: model.info.nativeWidth, height: model.info.nativeHeight };
   const limits = {
     ...config.limits,
@@ -111,7 +123,7 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
   });
   app.use("*", corsFor(config.access.corsOrigins));
   app.use("*", apiKeys(config.access.apiKeys));
-  app.use("*", deadline(config.access.requestTimeoutMs));
+  app.use("*", deadline(config.access.requestTimeoutMs, requests));
   app.use(
     "*",
     bodyLimit({
@@ -134,6 +146,10 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
         ),
         504,
       );
+    }
+    if (isShutdown(c, error)) {
+      c.header("Retry-After", "1");
+      return c.json(errorBody(SHUTDOWN_ERROR.code, SHUTDOWN_ERROR.message), 503);
     }
     if (isClientGone(c)) {
       return c.json(errorBody("client_closed", "the client went away"), 499 as 400);
@@ -252,5 +268,5 @@ export function createApp(services: AppServices): { app: Hono<Env>; admission: A
   app.get("/openapi.json", (c) => c.json(openapi));
   app.get("/docs", (c) => c.html(apiReferenceHtml(openapi)));
 
-  return { app, admission };
+  return { app, admission, requests };
 }

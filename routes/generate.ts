@@ -5,7 +5,7 @@ import { encodeBase64 } from "./base64.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
 import { startTask } from "./adapters.ts";
-import { clientLeft, isClientGone, isDeadline, workContinues } from "./access.ts";
+import { clientLeft, isClientGone, isDeadline, isShutdown, SHUTDOWN_ERROR, workContinues } from "./access.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
 import type { GenerateRequest } from "./schemas.ts";
 import { generate, type GenerateResult } from "../pipeline/generate.ts";
@@ -111,6 +111,11 @@ export async function handleGenerate(
           await stream.writeSSE({
             event: "error",
             data: JSON.stringify(errorBody("deadline_exceeded", "the request ran past its deadline")),
+          });
+        } else if (isShutdown(c, error)) {
+          await stream.writeSSE({
+            event: "error",
+            data: JSON.stringify(errorBody(SHUTDOWN_ERROR.code, SHUTDOWN_ERROR.message)),
           });
         } else if (!isClientGone(c)) {
           console.error(error);

@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert, rejects as assertRejects } from "node:assert/strict";
-import { post, spawnMain, withServer } from "./helpers.ts";
+import { post, spawnMain, testConfig, withServer } from "./helpers.ts";
+import { startServer } from "../server.ts";
 import { AUTO_ORDER, selectProvider } from "../pipeline/execution_provider.ts";
 import { Hono } from "hono";
 import { deadline } from "../routes/access.ts";
@@ -175,4 +176,28 @@ Deno.test("access: a request that finishes ends its deadline and its client list
   assert(!signals[0].aborted, `the finished request was aborted afterwards: ${signals[0].reason}`);
   client.abort();
   assert(!signals[0].aborted, "the client's abort listener outlived the request");
+});
+
+Deno.test("shutdown: past the shutdown deadline the requests' work is stopped (503) before the model is released", async () => {
+  const server = await startServer(
+    testConfig({ SHUTDOWN_DRAIN_DELAY_MS: "0", SHUTDOWN_TIMEOUT_MS: "200", MAX_STEPS: "1000" }),
+    { quiet: true },
+  );
+  const prompt = "a large blue cross on a white background";
+  const streamed = await post(`${server.url}/generate`, { prompt, steps: 1000 }, {
+    accept: "text/event-stream",
+  });
+  const reader = streamed.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let stream = "";
+  while (!stream.includes('"step":2,')) stream += (await reader.read()).value;
+  const plain = post(`${server.url}/generate`, { prompt, steps: 1000 });
+  while ((await (await fetch(`${server.url}/health`)).json()).in_flight < 2);
+  await server.close();
+  const runs = server.model.batchers.unet.stats.runs;
+  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) stream += chunk.value;
+  const last = stream.trim().split("\n\n").at(-1)!;
+  assert(last.startsWith("event: error") && last.includes('"shutting_down"'), last);
+  const res = await plain;
+  assertEquals([res.status, (await res.json()).error.code], [503, "shutting_down"]);
+  assertEquals(server.model.batchers.unet.stats.runs, runs, "no run after close");
 });
