@@ -34,7 +34,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   const stopTelemetry = setupTelemetry(config.telemetry);
   const { location, model, adapters } = await loadServing(config);
   let draining = false;
-  const { app, requests } = createApp({ model, adapters, config, ready: () => !draining });
+  const { app, requests, close: closeApp } = createApp({ model, adapters, config, ready: () => !draining });
   const server = Deno.serve({
     port: config.port,
     hostname: config.host,
@@ -62,6 +62,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
           console.error(`shutdown: ${requests.size} requests still running; releasing the model anyway`);
         }
       }
+      closeApp();
       await model.release();
       await stopTelemetry();
     },

@@ -67,7 +67,7 @@ function processMemory(): string[] {
 
 export function createApp(
   services: AppServices,
-): { app: Hono<Env>; admission: Admission; requests: RequestWork } {
+): { app: Hono<Env>; admission: Admission; requests: RequestWork; close: () => void } {
   const { model, config } = services;
   const admission = new Admission(config.limits.maxConcurrentRequests);
   const requests = new RequestWork();
@@ -95,10 +95,16 @@ export function createApp(
   const app = new Hono<Env>();
 
   const metrics = new ServerMetrics();
-  model.batchers.unet.observers.push((rows, seconds) => {
+  const observe = (rows: number, seconds: number) => {
     metrics.batchRows.observe(rows);
     metrics.unetSeconds.observe(seconds);
-  });
+  };
+  model.batchers.unet.observers.push(observe);
+  /** Detaches the app from the model (its run observer), for when the app is done. */
+  const close = () => {
+    const observers = model.batchers.unet.observers, at = observers.indexOf(observe);
+    if (at >= 0) observers.splice(at, 1);
+  };
   app.use("*", async (c, next) => {
     try {
       await next();
@@ -268,5 +274,5 @@ export function createApp(
   app.get("/openapi.json", (c) => c.json(openapi));
   app.get("/docs", (c) => c.html(apiReferenceHtml(openapi)));
 
-  return { app, admission, requests };
+  return { app, admission, requests, close };
 }

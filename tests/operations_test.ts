@@ -201,3 +201,11 @@ Deno.test("shutdown: past the shutdown deadline the requests' work is stopped (5
   assertEquals([res.status, (await res.json()).error.code], [503, "shutting_down"]);
   assertEquals(server.model.batchers.unet.stats.runs, runs, "no run after close");
 });
+
+Deno.test("app: the run observer an app adds to the model leaves with it when the server closes", async () => {
+  const server = await startServer(testConfig(), { quiet: true });
+  const observers = server.model.batchers.unet.observers;
+  assertEquals(observers.length, 1, "the app's metrics observer");
+  await server.close();
+  assertEquals(observers.length, 0, "the closed app's observer is still on the model");
+});
