@@ -71,17 +71,21 @@ export async function resolveAdapters(
 }
 
 /**
- * Admits a request (429 when full) and resolves its adapters; `release` frees both. Every task
- * route starts this way, so a slot is never held by a request whose adapters failed.
+ * Admits a request (429 when full), then runs `prepare`, the request's own costly checks (decoding
+ * its images), so that they count against the concurrency limit, then resolves its adapters;
+ * `release` frees both. Every task route starts this way, so a slot is never held by a request
+ * whose adapters failed.
  */
-export async function startTask(
+export async function startTask<P = undefined>(
   admission: Admission,
   registry: AdapterRegistry,
   lora: z.infer<typeof loraFieldSchema>,
   span: Span,
-): Promise<{ adapters: ResolvedAdapters; release: () => void }> {
+  prepare?: () => Promise<P>,
+): Promise<{ adapters: ResolvedAdapters; release: () => void; prepared: P }> {
   const leave = admission.acquire();
   try {
+    const prepared = prepare ? await prepare() : undefined as P;
     const adapters = await resolveAdapters(registry, lora, span);
     return {
       adapters,
@@ -89,6 +93,7 @@ export async function startTask(
         adapters.release();
         leave();
       },
+      prepared,
     };
   } catch (error) {
     leave();

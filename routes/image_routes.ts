@@ -128,8 +128,13 @@ export async function handleInvert(
   body: z.infer<ReturnType<typeof invertRequestSchema>>,
   span: Span,
 ) {
-  const image = await readImage(deps, "image", body.image, body.fit, sizeOf(deps, body));
-  const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
+  const { adapters, release, prepared: image } = await startTask(
+    deps.admission,
+    deps.registry,
+    body.lora,
+    span,
+    () => readImage(deps, "image", body.image, body.fit, sizeOf(deps, body)),
+  );
   try {
     const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
     const result = await invertImage(deps.model, {
@@ -168,11 +173,18 @@ export async function handleEdit(
   body: z.infer<ReturnType<typeof editRequestSchema>>,
   span: Span,
 ) {
-  const image = body.image === undefined
-    ? undefined
-    : await readImage(deps, "image", body.image, body.fit, sizeOf(deps, body));
   const given = body.latent === undefined ? undefined : readLatent(deps, "latent", body.latent);
-  const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
+  const encoded = body.image;
+  const { adapters, release, prepared: image } = await startTask(
+    deps.admission,
+    deps.registry,
+    body.lora,
+    span,
+    async () =>
+      encoded === undefined
+        ? undefined
+        : await readImage(deps, "image", encoded, body.fit, sizeOf(deps, body)),
+  );
   try {
     const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
     let start = given, reconstruction: RgbImage | undefined;
@@ -233,25 +245,39 @@ export async function handleEdit(
 }
 
 type InterpolateBody = z.infer<ReturnType<typeof interpolateRequestSchema>>;
+/** An /interpolate endpoint once read: a seed's noise, a latent, or an image to invert. */
+type EndpointSource = { seed?: number } | { latent: Float32Array; shape: LatentShape } | { image: RgbImage };
 
 export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: InterpolateBody, span: Span) {
   const model = deps.model;
   const size = sizeOf(deps, body);
   const drawn: LatentShape = { rows: 1, height: size.height / 8, width: size.width / 8 };
-  // Validate both endpoints before taking a slot.
-  const sources = await Promise.all((["from", "to"] as const).map(async (name) => {
+  // The cheap checks before taking a slot; images are decoded once admitted.
+  const names = ["from", "to"] as const;
+  const ends: (EndpointSource | { encoded: string })[] = names.map((name) => {
     const end = body[name];
-    if ("image" in end) {
-      return { name, image: await readImage(deps, `${name}.image`, end.image, body.fit, size) };
-    }
-    if ("latent" in end) return { name, ...readLatent(deps, `${name}.latent`, end.latent) };
-    return { name, seed: end.seed };
-  }));
-  const shapes = sources.map((s) => ("shape" in s && s.shape) ? s.shape : drawn);
+    if ("image" in end) return { encoded: end.image };
+    if ("latent" in end) return readLatent(deps, `${name}.latent`, end.latent);
+    return { seed: end.seed };
+  });
+  const shapes = ends.map((s) => ("shape" in s && s.shape) ? s.shape : drawn);
   if (shapes[0].height !== shapes[1].height || shapes[0].width !== shapes[1].width) {
     throw new ApiError(400, "invalid_request", "to: both endpoints must have the same latent size", "to");
   }
-  const { adapters, release } = await startTask(deps.admission, deps.registry, body.lora, span);
+  const { adapters, release, prepared: sources } = await startTask(
+    deps.admission,
+    deps.registry,
+    body.lora,
+    span,
+    () =>
+      Promise.all(
+        ends.map(async (end, i): Promise<EndpointSource> =>
+          "encoded" in end
+            ? { image: await readImage(deps, `${names[i]}.image`, end.encoded, body.fit, size) }
+            : end
+        ),
+      ),
+  );
   try {
     const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
     const [fromEmbedding, toEmbedding, uncond] = await encodePrompts(model, [

@@ -74,6 +74,50 @@ Deno.test("image input: undecodable, oversized and unsupported images get 400, 4
   });
 });
 
+Deno.test("image input: admission comes before decoding (429 before any decode); the image is still checked once admitted", async () => {
+  await withServer({ MAX_CONCURRENT_REQUESTS: "1", MAX_STEPS: "1000" }, async ({ url }) => {
+    const bad = btoa("definitely not an image");
+    const requests: [string, Record<string, unknown>, string][] = [
+      ["/invert", { image: bad, prompt: "x", steps: 1 }, "image"],
+      ["/edit", { image: bad, source_prompt: "x", target_prompt: "y", steps: 1 }, "image"],
+      [
+        "/interpolate",
+        { from: { prompt: "a", image: bad }, to: { prompt: "b", seed: 1 }, steps: 1 },
+        "from.image",
+      ],
+    ];
+    // One long request holds the only slot.
+    const leave = new AbortController();
+    const long = await post(`${url}/generate`, { prompt: PROMPT, steps: 1000 }, {
+      accept: "text/event-stream",
+    }, leave.signal);
+    const reader = long.body!.pipeThrough(new TextDecoderStream()).getReader();
+    while (!(await reader.read()).value?.includes('"step"'));
+    for (const [route, body] of requests) {
+      const res = await post(`${url}${route}`, body);
+      assertEquals([route, res.status, (await res.json()).error.code], [route, 429, "queue_full"]);
+    }
+    leave.abort();
+    await reader.cancel().catch(() => {});
+    for (const [route, body, field] of requests) {
+      let res = await post(`${url}${route}`, body);
+      // The slot comes back once the cancelled request has ended.
+      while (res.status === 429) {
+        await res.body?.cancel();
+        await new Promise((r) => setTimeout(r, 20));
+        res = await post(`${url}${route}`, body);
+      }
+      const json = await res.json();
+      assertEquals([route, res.status, json.error.code, json.error.field], [
+        route,
+        400,
+        "invalid_image",
+        field,
+      ]);
+    }
+  });
+});
+
 Deno.test("/invert returns x_T, a reconstruction and metrics; /edit at ratio 0 from that latent equals the reconstruction", async () => {
   await withServer({}, async ({ url }) => {
     const image = await generated(url, PROMPT, 21);
