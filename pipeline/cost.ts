@@ -61,8 +61,12 @@ export function resetPeak(): boolean {
   }
 }
 
-/** glibc's malloc_trim: freed heap memory back to the system, so a measured run cannot reuse it unseen. */
-const trimHeap = (() => {
+/**
+ * glibc's malloc_trim: freed heap memory back to the system. glibc keeps freed blocks under its
+ * (self-raising) mmap threshold for reuse, so after a large run the resident size would stay high;
+ * and a measured run could reuse them unseen.
+ */
+export const releaseFreedMemory = (() => {
   try {
     const libc = Deno.dlopen("libc.so.6", { malloc_trim: { parameters: ["usize"], result: "i32" } });
     return () => void libc.symbols.malloc_trim(0n);
@@ -73,7 +77,7 @@ const trimHeap = (() => {
 
 /** The peak resident memory that `run` adds over what was resident before it. */
 export async function measurePeak(run: () => Promise<unknown>): Promise<number | undefined> {
-  trimHeap();
+  releaseFreedMemory();
   if (!resetPeak()) return undefined;
   const before = residentBytes();
   await run();

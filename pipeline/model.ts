@@ -5,7 +5,14 @@
  * native size and latent scale from the component configs where present.
  */
 import * as ort from "onnxruntime-node";
-import { Batcher, type BatchOptions, type CallOptions, type Feeds, type RunFn } from "./batcher.ts";
+import {
+  Batcher,
+  type BatchOptions,
+  type CallOptions,
+  type Feeds,
+  type RunBytes,
+  type RunFn,
+} from "./batcher.ts";
 import { ClipTokenizer } from "./tokenizer.ts";
 import type { ScheduleConfig } from "./scheduler.ts";
 import { type ProviderChoice, type ProviderSelection, selectProvider } from "./execution_provider.ts";
@@ -17,6 +24,7 @@ import {
   fitCurve,
   machineMemoryBytes,
   measurePeak,
+  releaseFreedMemory,
   residentBytes,
   runBytes,
 } from "./cost.ts";
@@ -30,6 +38,10 @@ import {
 } from "./session_io.ts";
 
 export const VAE_FACTOR = 8;
+
+// ONNX Runtime's own log lines only repeat, in its words, failures it also returns as exceptions,
+// which the server reports in one line of its own (start-up) or logs with the request.
+ort.env.logLevel = "fatal";
 
 export interface ModelInfo {
   name: string;
@@ -45,6 +57,9 @@ export interface ModelInfo {
   precision: "float16" | "float32";
   canEncodeImages: boolean;
 }
+
+/** Runs estimated above this hand their freed memory back to the system as they end. */
+const RELEASE_AFTER_BYTES = 64 * 2 ** 20;
 
 /** Share of the machine's memory that one run may take (less what the server holds after loading). */
 export const DEFAULT_BUDGET_SHARE = 0.5;
@@ -205,19 +220,25 @@ async function openModel(directory: string, name: string, options: ModelOptions,
     );
   }
   const batch = { ...options.batch, budgetBytes: costs && memory.budgetBytes };
-  const bytesOf = (graph: Graph, sample: string) => (rows: number, feeds: Feeds) => {
+  /** A graph's estimated run bytes from its image-sized input (`scale`: its pixels per latent position). */
+  const bytesOf = (graph: Graph, sample: string, scale = 1): RunBytes => (rows, feeds) => {
     const [, , h, w] = feeds[sample].dims;
-    return costs?.[graph] ? runBytes(costs[graph]!, rows, h * w) : 0;
+    return costs?.[graph] ? runBytes(costs[graph]!, rows, (h / scale) * (w / scale)) : 0;
   };
+  /** The runner, handing the freed memory of a large run back to the system right after it. */
+  const releasing = (run: RunFn, bytes: RunBytes): RunFn => async (feeds, rowData) => {
+    const out = await run(feeds, rowData);
+    if (bytes(rowData.length, feeds) > RELEASE_AFTER_BYTES) releaseFreedMemory();
+    return out;
+  };
+  const unetBytes = bytesOf("unet", "sample"), decoderBytes = bytesOf("vaeDecoder", "latent_sample");
+  const encoderBytes = bytesOf("vaeEncoder", "sample", VAE_FACTOR);
   const batchers = {
     textEncoder: new Batcher("text_encoder", runners.textEncoder, options.batch),
-    unet: new Batcher("unet", runners.unet, batch, bytesOf("unet", "sample")),
-    vaeDecoder: new Batcher("vae_decoder", runners.vaeDecoder, batch, bytesOf("vaeDecoder", "latent_sample")),
+    unet: new Batcher("unet", releasing(runners.unet, unetBytes), batch, unetBytes),
+    vaeDecoder: new Batcher("vae_decoder", releasing(runners.vaeDecoder, decoderBytes), batch, decoderBytes),
     vaeEncoder: runners.vaeEncoder &&
-      new Batcher("vae_encoder", runners.vaeEncoder, batch, (rows, feeds) => {
-        const [, , h, w] = feeds.sample.dims;
-        return costs?.vaeEncoder ? runBytes(costs.vaeEncoder, rows, (h / VAE_FACTOR) * (w / VAE_FACTOR)) : 0;
-      }),
+      new Batcher("vae_encoder", releasing(runners.vaeEncoder, encoderBytes), batch, encoderBytes),
   };
   const tokenizer = await ClipTokenizer.load(`${directory}/tokenizer`);
   return [info, tokenizer, schedule, sessions, batchers, lora.targets, memory] as const;
