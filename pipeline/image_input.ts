@@ -1,6 +1,7 @@
 /**
  * Images sent by clients: base64 or a data URL of PNG, JPEG or WebP, decoded with sharp and fitted
- * to the size the model works at. Failures say which of three things went wrong.
+ * to the size the model works at. Failures of the image say which of three things went wrong;
+ * any other failure is the server's and is thrown as it is.
  */
 import sharp from "sharp";
 import type { RgbImage } from "./image.ts";
@@ -14,6 +15,14 @@ export class ImageInputError extends Error {
     super(message);
   }
 }
+
+/**
+ * What sharp and libvips' loaders say about bytes that are not a whole image of an accepted kind
+ * (not an image, a corrupt header, truncated or damaged data). Any other failure (a bad argument,
+ * memory) is the server's, and propagates as it is.
+ */
+const FAULT_OF_THE_BYTES =
+  /^(Input buffer |Input file |VipsJpeg|vipspng|webp2vips|VipsForeignLoad|Warning treated as error)|^\w+load(_buffer)?:/;
 
 export interface ImageLimits {
   maxBytes: number;
@@ -49,6 +58,7 @@ export async function readImageInput(
       `the image is ${bytes.length} bytes; the limit is ${limits.maxBytes}`,
     );
   }
+  if (bytes.length === 0) throw new ImageInputError("undecodable", "the image is empty");
   let meta;
   try {
     meta = await sharp(bytes, { limitInputPixels: limits.maxPixels }).metadata();
@@ -57,6 +67,7 @@ export async function readImageInput(
     if (/pixel limit/i.test(message)) {
       throw new ImageInputError("too_large", `the image has more than ${limits.maxPixels} pixels`);
     }
+    if (!FAULT_OF_THE_BYTES.test(message)) throw error;
     throw new ImageInputError("undecodable", "the bytes are not an image sharp can decode");
   }
   if (!meta.format || !ACCEPTED.has(meta.format)) {
@@ -71,20 +82,22 @@ export async function readImageInput(
       `the image has ${meta.width}x${meta.height} pixels; the limit is ${limits.maxPixels}`,
     );
   }
+  // Built outside the try: sharp checks its arguments here, and a bad one is the server's fault.
+  const pipeline = sharp(bytes, { limitInputPixels: limits.maxPixels })
+    .rotate() // honour EXIF orientation
+    .removeAlpha()
+    .toColourspace("srgb")
+    .resize(width, height, { fit, position: "centre", background: { r: 0, g: 0, b: 0 } })
+    .raw();
   try {
-    const { data, info } = await sharp(bytes, { limitInputPixels: limits.maxPixels })
-      .rotate() // honour EXIF orientation
-      .removeAlpha()
-      .toColourspace("srgb")
-      .resize(width, height, { fit, position: "centre", background: { r: 0, g: 0, b: 0 } })
-      .raw()
-      .toBuffer({ resolveWithObject: true });
+    const { data, info } = await pipeline.toBuffer({ resolveWithObject: true });
     return {
       width: info.width,
       height: info.height,
       data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
     };
-  } catch {
+  } catch (error) {
+    if (!FAULT_OF_THE_BYTES.test(String((error as Error).message ?? error))) throw error;
     throw new ImageInputError("undecodable", "the image could not be decoded");
   }
 }

@@ -18,23 +18,26 @@ export function encodeLatent(values: Float32Array, shape: number[]): WireLatent 
   return { shape, dtype: "float32", data: btoa(binary) };
 }
 
-/** Throws with a reason when the data does not hold the shape. */
+/** A latent that does not hold what it claims: the sender's fault. */
+export class LatentError extends Error {}
+
+/** Throws a LatentError with a reason when the data does not hold the shape. */
 export function decodeLatent(latent: WireLatent): Float32Array {
   const count = latent.shape.reduce((a, b) => a * b, 1);
   let bytes: Uint8Array;
   try {
     bytes = Uint8Array.from(atob(latent.data), (ch) => ch.charCodeAt(0));
   } catch {
-    throw new Error("data is not valid base64");
+    throw new LatentError("data is not valid base64");
   }
   if (bytes.length !== count * 4) {
-    throw new Error(`data holds ${bytes.length} bytes; shape [${latent.shape}] needs ${count * 4}`);
+    throw new LatentError(`data holds ${bytes.length} bytes; shape [${latent.shape}] needs ${count * 4}`);
   }
   const out = LITTLE_ENDIAN ? new Float32Array(bytes.buffer) : new Float32Array(count);
   if (!LITTLE_ENDIAN) {
     const view = new DataView(bytes.buffer);
     for (let i = 0; i < count; i++) out[i] = view.getFloat32(i * 4, true);
   }
-  if (!out.every(Number.isFinite)) throw new Error("data holds non-finite values");
+  if (!out.every(Number.isFinite)) throw new LatentError("data holds non-finite values");
   return out;
 }

@@ -15,7 +15,7 @@ import type { DiffusionModel } from "../pipeline/model.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
 import { encodeImage, type OutputFormat, type RgbImage } from "../pipeline/image.ts";
 import { type FitMode, ImageInputError, type ImageLimits, readImageInput } from "../pipeline/image_input.ts";
-import { decodeLatent, encodeLatent } from "../pipeline/latent_codec.ts";
+import { decodeLatent, encodeLatent, LatentError } from "../pipeline/latent_codec.ts";
 import { invertImage, invertToNoise } from "../pipeline/invert.ts";
 import { psnr, ssim } from "../pipeline/metrics.ts";
 import { edit } from "../pipeline/edit.ts";
@@ -97,7 +97,8 @@ function readLatent(
   try {
     return { latent: decodeLatent(wire), shape: { rows: 1, height: h, width: w } };
   } catch (error) {
-    throw new ApiError(400, "invalid_latent", `${field}: ${(error as Error).message}`, field);
+    if (!(error instanceof LatentError)) throw error; // the server's fault, not the latent's
+    throw new ApiError(400, "invalid_latent", `${field}: ${error.message}`, field);
   }
 }
 

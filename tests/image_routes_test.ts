@@ -2,6 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import sharp from "sharp";
 import { decodeBase64, post, withServer } from "./helpers.ts";
 import { encodeBase64 } from "../routes/base64.ts";
+import { ImageInputError, readImageInput } from "../pipeline/image_input.ts";
 
 const PROMPT = "a large green circle on a black background";
 const OTHER = "a small red square on a white background";
@@ -72,6 +73,45 @@ Deno.test("image input: undecodable, oversized and unsupported images get 400, 4
     const ok = await post(`${url}/invert`, { image: dataUrl, prompt: "x", steps: 2, fit: "contain" });
     assertEquals(ok.status, 200);
   });
+});
+
+Deno.test("image input: only faults of the image are the client's (invalid_image); a fault of the server's is not blamed on it", async () => {
+  const limits = { maxBytes: 1 << 20, maxPixels: 4096 * 4096 };
+  const noisy = sharp({
+    create: {
+      width: 64,
+      height: 64,
+      channels: 3,
+      background: "#3060a0",
+      noise: { type: "gaussian", mean: 128, sigma: 40 },
+    },
+  });
+  for (const format of ["png", "jpeg", "webp"] as const) {
+    const valid = new Uint8Array(await noisy.clone().toFormat(format).toBuffer());
+    const flipped = valid.slice();
+    for (let i = 0; i < 60; i++) flipped[40 + ((i * 7919) % (valid.length - 40))] ^= 0x5a;
+    for (
+      const [what, bytes] of [["truncated", valid.slice(0, valid.length >> 1)], ["flipped", flipped]] as const
+    ) {
+      const error = await readImageInput(encodeBase64(bytes), 64, 64, "cover", limits).then(
+        () => undefined,
+        (e) => e,
+      );
+      if (error === undefined && what === "flipped") continue; // some damage still decodes
+      assert(
+        error instanceof ImageInputError && error.kind === "undecodable",
+        `${what} ${format}: ${error?.message}`,
+      );
+    }
+  }
+  // The server asking sharp for something impossible (a zero-pixel target) is the server's fault.
+  const valid = encodeBase64(new Uint8Array(await noisy.clone().png().toBuffer()));
+  const fault = await readImageInput(valid, 0, 64, "cover", limits).then(() => undefined, (e) => e);
+  assert(fault instanceof Error, "a zero-pixel target cannot succeed");
+  assert(
+    !(fault instanceof ImageInputError),
+    `the server's fault reported as the client's: ${fault.kind}: ${fault.message}`,
+  );
 });
 
 Deno.test("image input: admission comes before decoding (429 before any decode); the image is still checked once admitted", async () => {
