@@ -45,7 +45,10 @@ export interface Scheduler {
   step(latent: Float32Array, eps: Float32Array, index: number): Float32Array;
 }
 
-/** DDIM with eta = 0 (deterministic), as in docs/smooth-diffusion.md. */
+/**
+ * DDIM with eta = 0 (deterministic): Song, Meng and Ermon, "Denoising Diffusion Implicit Models",
+ * ICLR 2021, eq. 12 with sigma_t = 0, on diffusers' DDIMScheduler timesteps ('leading' spacing).
+ */
 export class DdimScheduler implements Scheduler {
   readonly timesteps: number[];
   readonly initNoiseSigma = 1;
