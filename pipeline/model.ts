@@ -64,10 +64,13 @@ const RELEASE_AFTER_BYTES = 64 * 2 ** 20;
 /** Share of the machine's memory that one run may take (less what the server holds after loading). */
 export const DEFAULT_BUDGET_SHARE = 0.5;
 
+/** The graphs whose cost grows with the image. */
+type ImageGraph = "unet" | "vaeDecoder" | "vaeEncoder";
+
 export interface MemoryPlan {
   budgetBytes: number;
   /** Measured per graph; undefined where the system does not report peak memory (no budget then). */
-  costs?: Partial<Record<"unet" | "vaeDecoder" | "vaeEncoder", CostCurve>>;
+  costs?: Partial<Record<ImageGraph, CostCurve>>;
 }
 
 export interface ModelOptions {
@@ -206,7 +209,9 @@ async function openModel(directory: string, name: string, options: ModelOptions,
     throw new Error(`${provider} cannot run this model: ${(error as Error).message}`);
   }
   // Device providers keep activations in device memory, which peak resident memory does not see.
-  const costs = provider === "cpu" ? await calibrateCosts(info, runners, text) : undefined;
+  const costs = provider === "cpu"
+    ? await cachedCosts(directory, options.cacheDir, () => calibrateCosts(info, runners, text))
+    : undefined;
   const memory: MemoryPlan = {
     budgetBytes: options.memoryBudgetBytes ??
       Math.max(0, DEFAULT_BUDGET_SHARE * machineMemoryBytes() - residentBytes()),
@@ -221,7 +226,7 @@ async function openModel(directory: string, name: string, options: ModelOptions,
   }
   const batch = { ...options.batch, budgetBytes: costs && memory.budgetBytes };
   /** A graph's estimated run bytes from its image-sized input (`scale`: its pixels per latent position). */
-  const bytesOf = (graph: Graph, sample: string, scale = 1): RunBytes => (rows, feeds) => {
+  const bytesOf = (graph: ImageGraph, sample: string, scale = 1): RunBytes => (rows, feeds) => {
     const [, , h, w] = feeds[sample].dims;
     return costs?.[graph] ? runBytes(costs[graph]!, rows, (h / scale) * (w / scale)) : 0;
   };
@@ -305,7 +310,7 @@ const CALIBRATION_SIDES = [16, 32, 64];
  * smallest size up; undefined where the system does not report peak memory.
  */
 async function calibrateCosts(info: ModelInfo, runners: Runners, text: Float32Array) {
-  const costs: Partial<Record<Graph, CostCurve>> = {};
+  const costs: Partial<Record<ImageGraph, CostCurve>> = {};
   for (const graph of ["unet", "vaeDecoder", "vaeEncoder"] as const) {
     const run = runners[graph];
     if (!run) continue;
@@ -317,6 +322,38 @@ async function calibrateCosts(info: ModelInfo, runners: Runners, text: Float32Ar
       points.push({ positions: side * side, bytes });
     }
     costs[graph] = fitCurve(points);
+  }
+  return costs;
+}
+
+/**
+ * The measured costs of this model directory from the server's cache, or measured now and cached:
+ * at SD 1.5's size the measurement takes tens of seconds on a CPU. Keyed by the graphs' paths, sizes
+ * and modification times, and this code's curve format.
+ */
+async function cachedCosts(
+  directory: string,
+  cacheDir: string,
+  measure: () => Promise<MemoryPlan["costs"]>,
+): Promise<MemoryPlan["costs"]> {
+  const parts = [];
+  for (const graph of ["unet", "vae_decoder", "vae_encoder"]) {
+    const stat = await Deno.stat(`${directory}/${graph}/model.onnx`).catch(() => undefined);
+    parts.push(`${graph}:${stat?.size}:${stat?.mtime?.getTime()}`);
+  }
+  const key = Array.from(
+    new Uint8Array(
+      await crypto.subtle.digest("SHA-256", new TextEncoder().encode(`v1|${directory}|${parts}`)),
+    ),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+  const path = `${cacheDir}/run-costs/${key}.json`;
+  const cached = await readJson(path);
+  if (cached) return cached;
+  const costs = await measure();
+  if (costs) {
+    await Deno.mkdir(`${cacheDir}/run-costs`, { recursive: true });
+    await Deno.writeTextFile(path, JSON.stringify(costs));
   }
   return costs;
 }
