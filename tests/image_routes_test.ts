@@ -110,7 +110,7 @@ Deno.test("image input: only faults of the image are the client's (invalid_image
   assert(fault instanceof Error, "a zero-pixel target cannot succeed");
   assert(
     !(fault instanceof ImageInputError),
-    `the server's fault reported as the client's: ${fault.kind}: ${fault.message}`,
+    `the server's fault reported as the client's: ${(fault as ImageInputError).kind}: ${fault.message}`,
   );
 });
 
