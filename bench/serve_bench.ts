@@ -10,7 +10,8 @@
  */
 import * as ort from "onnxruntime-node";
 import { parseArgs } from "node:util";
-import { median, percentile } from "./stats.ts";
+import { median } from "./stats.ts";
+import { closedLoop } from "./clients.ts";
 import { loadConfig } from "../config.ts";
 import { startServer } from "../server.ts";
 import { gaussianNoise } from "../pipeline/rng.ts";
@@ -30,38 +31,14 @@ const steps = Number(values.steps);
 const levels = values.levels!.split(",").map(Number);
 const modelDir = values.model!;
 
-interface LevelResult {
-  imagesPerSecond: number;
-  p50: number;
-  p95: number;
-}
+type LevelResult = Pick<Awaited<ReturnType<typeof closedLoop>>, "imagesPerSecond" | "p50" | "p95">;
 
-async function loadLevel(url: string, concurrency: number, total: number): Promise<LevelResult> {
-  const latencies: number[] = [];
-  let next = 0;
-  const started = performance.now();
-  const worker = async () => {
-    while (next < total) {
-      const i = next++;
-      const t0 = performance.now();
-      const res = await fetch(`${url}/generate`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ prompt: `a large red circle on a blue background`, seed: i, steps }),
-      });
-      if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
-      await res.arrayBuffer();
-      latencies.push(performance.now() - t0);
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  const seconds = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
-  return {
-    imagesPerSecond: total / seconds,
-    p50: percentile(latencies, 0.5),
-    p95: percentile(latencies, 0.95),
-  };
+function loadLevel(url: string, concurrency: number, total: number): Promise<LevelResult> {
+  return closedLoop(url, concurrency, total, (i) => ({
+    prompt: `a large red circle on a blue background`,
+    seed: i,
+    steps,
+  }));
 }
 
 /** Raw UNet throughput at `rows` rows per run, as images/s for `steps` guided steps per image. */
