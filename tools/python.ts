@@ -1,5 +1,8 @@
-/** The training tools' Python (Debian's packages); tests that need it are skipped, saying so, without it. */
-export const PYTHON = "/usr/bin/python3";
+/**
+ * The training tools' Python (Debian's packages); tests that need it are skipped, saying so, without it.
+ * `TRAINING_PYTHON` names another (the GPU machine's, whose torch is in a virtual environment).
+ */
+export const PYTHON = Deno.env.get("TRAINING_PYTHON") || "/usr/bin/python3";
 
 async function probe(): Promise<boolean> {
   try {
