@@ -69,6 +69,7 @@ export class Batcher {
   readonly observers: RunObserver[] = [];
   #queue: PendingCall[] = [];
   #running = false;
+  #inFlight: Promise<void> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
@@ -86,6 +87,11 @@ export class Batcher {
 
   get pendingCalls(): number {
     return this.#queue.length;
+  }
+
+  /** Resolves once no run is in flight (calls still queued are not waited for: abort them first). */
+  async idle(): Promise<void> {
+    while (this.#inFlight) await this.#inFlight;
   }
 
   submit(feeds: Feeds, options: CallOptions = {}): Promise<Feeds> {
@@ -143,8 +149,9 @@ export class Batcher {
     }
     const batch = this.#takeBatch();
     this.#running = true;
-    this.#execute(batch).finally(() => {
+    this.#inFlight = this.#execute(batch).finally(() => {
       this.#running = false;
+      this.#inFlight = undefined;
       this.#schedule(0);
     });
   }

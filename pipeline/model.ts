@@ -496,7 +496,9 @@ export class DiffusionModel {
     return result;
   }
 
-  release(): Promise<void> {
-    return releaseSessions(this.sessions);
+  /** Releases the sessions once no batched run is executing on them. */
+  async release(): Promise<void> {
+    await Promise.all(Object.values(this.batchers).filter((b): b is Batcher => !!b).map((b) => b.idle()));
+    await releaseSessions(this.sessions);
   }
 }

@@ -90,3 +90,18 @@ Deno.test("batcher: a call aborted while it waits never runs", async () => {
   assert(model.runs.every((r) => r.rows === 1), JSON.stringify(model.runs));
   assertEquals(model.runs.length, 1);
 });
+
+Deno.test("batcher: idle() waits for the run in flight", async () => {
+  let finish = () => {};
+  const slow = (feeds: Feeds) => new Promise<Feeds>((resolve) => finish = () => resolve({ y: feeds.x }));
+  const batcher = new Batcher("fake", slow, OPTIONS);
+  const call = batcher.submit(rowsOf(1));
+  await new Promise((r) => setTimeout(r, 20)); // the run has started
+  let idle = false;
+  const waiting = batcher.idle().then(() => idle = true);
+  await new Promise((r) => setTimeout(r, 20));
+  assertEquals(idle, false, "idle while a run executes");
+  finish();
+  await Promise.all([call, waiting]);
+  assertEquals(idle, true);
+});
