@@ -5,7 +5,7 @@
 import type { DiffusionModel } from "./model.ts";
 import { createScheduler, type SchedulerName } from "./scheduler.ts";
 import { gaussianNoise } from "./rng.ts";
-import { pixelsToRgb, type RgbImage } from "./image.ts";
+import { pixelsToRgb, type RgbImage, rgbToPixels } from "./image.ts";
 import { inSpan, type Span } from "../telemetry.ts";
 import type { RowAdapters } from "../loras/pack.ts";
 
@@ -27,6 +27,12 @@ export interface GenerateParams {
   numImages: number;
   /** LoRA adapters applied to every image of the request. */
   adapters: RowAdapters;
+  /**
+   * img2img (SDEdit): start from this image noised to `strength` of the schedule and run the steps
+   * left (diffusers' rule: steps x strength of them). 0 returns the VAE's reconstruction of the
+   * image; 1 ignores it (text-to-image with the same seed).
+   */
+  init?: { image: RgbImage; strength: number };
 }
 
 export interface Timings {
@@ -88,8 +94,10 @@ function concat(a: Float32Array, b: Float32Array): Float32Array {
 }
 
 export interface DenoiseParams {
-  /** x_T for `shape.rows` images. */
+  /** x_T for `shape.rows` images; with `start`, the noise added to its latent. */
   latents: Float32Array;
+  /** Begin at step `index` from `x0` noised to that step's level (img2img) instead of from x_T. */
+  start?: { x0: Float32Array; index: number };
   shape: LatentShape;
   steps: number;
   scheduler: SchedulerName;
@@ -113,9 +121,14 @@ export async function denoise(
   const scheduler = createScheduler(params.scheduler, model.schedule, params.steps);
   const guided = guidanceScale !== 1;
   const rowAdapters = new Array<RowAdapters>(guided ? 2 * shape.rows : shape.rows).fill(params.adapters);
-  let latents: Float32Array = params.latents.map((v) => v * scheduler.initNoiseSigma);
   const total = scheduler.timesteps.length;
-  for (let i = 0; i < total; i++) {
+  const first = Math.min(params.start?.index ?? 0, total);
+  let latents: Float32Array = !params.start
+    ? params.latents.map((v) => v * scheduler.initNoiseSigma)
+    : first < total
+    ? scheduler.addNoise(params.start.x0, params.latents, first)
+    : params.start.x0; // no steps left: the image's own latent
+  for (let i = first; i < total; i++) {
     ctx.signal?.throwIfAborted();
     const t = scheduler.timesteps[i];
     const { cond, uncond } = params.conditioning(i);
@@ -135,7 +148,7 @@ export async function denoise(
       for (let j = 0; j < half; j++) guidedEps[j] = eps[j] + guidanceScale * (eps[half + j] - eps[j]);
     }
     latents = scheduler.step(latents, guidedEps, i);
-    ctx.onProgress?.(i + 1, total);
+    ctx.onProgress?.(i + 1 - first, total - first);
   }
   return latents;
 }
@@ -164,6 +177,22 @@ export async function timed<T>(timings: Timings, stage: string, fn: () => Promis
   }
 }
 
+/** img2img's start: the image's latent for every image of the request, and the step to begin at. */
+async function encodeInit(model: DiffusionModel, params: GenerateParams, ctx: TaskContext) {
+  const { image, strength } = params.init!;
+  const x0 = await inSpan(
+    "vae.encode",
+    ctx.span,
+    () =>
+      model.encodeImages(rgbToPixels(image), { rows: 1, height: image.height, width: image.width }, {
+        signal: ctx.signal,
+        span: ctx.span,
+      }),
+  );
+  const index = params.steps - Math.min(Math.floor(params.steps * strength), params.steps);
+  return { x0: repeatRows(x0, params.numImages), index };
+}
+
 export async function generate(
   model: DiffusionModel,
   params: GenerateParams,
@@ -177,10 +206,14 @@ export async function generate(
     "text_encode_ms",
     () => encodePrompts(model, [params.prompt, params.negativePrompt], ctx),
   )).map((embedding) => repeatRows(embedding, params.numImages));
+  const start = params.init && params.init.strength < 1
+    ? await timed(timings, "image_encode_ms", () => encodeInit(model, params, ctx))
+    : undefined;
   const latents = await timed(timings, "denoise_ms", () =>
     inSpan("denoise", ctx.span, () =>
       denoise(model, {
         latents: initialNoise(model, seeds, shape.height, shape.width),
+        start,
         shape,
         steps: params.steps,
         scheduler: params.scheduler,

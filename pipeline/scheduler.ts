@@ -43,6 +43,8 @@ export interface Scheduler {
   readonly initNoiseSigma: number;
   scaleModelInput(latent: Float32Array, index: number): Float32Array;
   step(latent: Float32Array, eps: Float32Array, index: number): Float32Array;
+  /** A clean latent noised to the level of step `index`, in this sampler's own space (img2img's start). */
+  addNoise(x0: Float32Array, noise: Float32Array, index: number): Float32Array;
 }
 
 /**
@@ -74,6 +76,12 @@ export class DdimScheduler implements Scheduler {
   step(latent: Float32Array, eps: Float32Array, index: number): Float32Array {
     const t = this.timesteps[index];
     return ddimMove(latent, eps, this.alphaAt(t), this.alphaAt(t - this.#ratio));
+  }
+
+  addNoise(x0: Float32Array, noise: Float32Array, index: number): Float32Array {
+    const a = this.alphaAt(this.timesteps[index]);
+    const signal = Math.sqrt(a), spread = Math.sqrt(1 - a);
+    return x0.map((v, i) => signal * v + spread * noise[i]);
   }
 }
 
@@ -114,6 +122,11 @@ export class EulerScheduler implements Scheduler {
   step(latent: Float32Array, eps: Float32Array, index: number): Float32Array {
     const dt = this.#sigmas[index + 1] - this.#sigmas[index];
     return latent.map((v, i) => v + eps[i] * dt); // derivative (x - x0) / sigma is eps
+  }
+
+  addNoise(x0: Float32Array, noise: Float32Array, index: number): Float32Array {
+    const sigma = this.#sigmas[index];
+    return x0.map((v, i) => v + sigma * noise[i]);
   }
 }
 

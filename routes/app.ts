@@ -183,7 +183,7 @@ export function createApp(
 
   app.post("/generate", async (c) => {
     const body = await validate(schemas.generate, await readJson(c), c.var.span);
-    return handleGenerate(c, model, body, c.var.span, admission, services.adapters);
+    return handleGenerate(c, model, body, c.var.span, admission, services.adapters, imageDeps.imageLimits);
   });
 
   app.post("/invert", async (c) => {

@@ -12,6 +12,8 @@ import { generate, type GenerateResult } from "../pipeline/generate.ts";
 import { encodeImage, MIME_TYPES, type OutputFormat } from "../pipeline/image.ts";
 import { randomSeed } from "../pipeline/rng.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
+import type { ImageLimits } from "../pipeline/image_input.ts";
+import { readImage } from "./image_routes.ts";
 import { inSpan, type Span } from "../telemetry.ts";
 
 type Reply = "json" | "sse" | OutputFormat;
@@ -51,9 +53,23 @@ export async function handleGenerate(
   span: Span,
   admission: Admission,
   registry: AdapterRegistry,
+  imageLimits: ImageLimits,
 ) {
   const reply = negotiate(c.req.header("accept"), body.num_images);
-  const { adapters, release } = await startTask(admission, registry, body.lora, span);
+  if (body.image !== undefined && !model.info.canEncodeImages) {
+    throw new ApiError(400, "invalid_request", "image: this model has no VAE encoder for img2img", "image");
+  }
+  // img2img's image is decoded once admitted, like every uploaded image
+  const { adapters, release, prepared: initImage } = await startTask(
+    admission,
+    registry,
+    body.lora,
+    span,
+    () =>
+      body.image === undefined
+        ? Promise.resolve(undefined)
+        : readImage({ imageLimits }, "image", body.image, body.fit, body),
+  );
   const seed = body.seed ?? randomSeed();
   const params = {
     prompt: body.prompt,
@@ -66,9 +82,15 @@ export async function handleGenerate(
     scheduler: body.scheduler,
     numImages: body.num_images,
     adapters: adapters.applied,
+    init: initImage && { image: initImage, strength: body.strength ?? 0.8 },
   };
-  const { lora: _lora, ...echoed } = body;
-  const parameters = { ...echoed, seed, ...(adapters.report.length ? { lora: adapters.report } : {}) };
+  const { lora: _lora, image: _image, ...echoed } = body;
+  const parameters = {
+    ...echoed,
+    seed,
+    ...(params.init ? { strength: params.init.strength } : {}),
+    ...(adapters.report.length ? { lora: adapters.report } : {}),
+  };
   const signal: AbortSignal = c.get("signal") ?? c.req.raw.signal;
   const format = reply === "json" || reply === "sse" ? body.output_format : reply;
 

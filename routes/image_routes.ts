@@ -46,8 +46,9 @@ function sizeOf(deps: ImageRouteDeps, body: { width?: number; height?: number })
   };
 }
 
-async function readImage(
-  deps: ImageRouteDeps,
+/** An uploaded image fitted to `size`, its faults mapped to 400, 413 and 415 naming `field`. */
+export async function readImage(
+  deps: Pick<ImageRouteDeps, "imageLimits">,
   field: string,
   text: string,
   fit: FitMode,

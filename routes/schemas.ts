@@ -65,6 +65,9 @@ export const loraFieldSchema = z.union([loraSpecSchema, z.array(loraSpecSchema).
 
 const side = z.number().int().min(8).max(4096).multipleOf(8, { message: "must be a multiple of 8" });
 
+const imageField = z.string().min(1).describe("base64 (or a data URL) of a PNG, JPEG or WebP image");
+const fitField = z.enum(FIT_MODES).default("cover").describe("how the image is fitted to the model's size");
+
 export interface NativeSize {
   width: number;
   height: number;
@@ -91,7 +94,15 @@ export function generateRequestSchema(limits: Limits, native: NativeSize) {
     num_images: z.number().int().min(1).max(limits.maxImages).default(1),
     output_format: z.enum(OUTPUT_FORMATS).default("png"),
     lora: loraFieldSchema,
+    image: imageField.optional().describe("img2img: start from this image (fitted to width x height)"),
+    strength: z.number().min(0).max(1).optional().describe(
+      "img2img: how much of the schedule to run from the image; 0 returns its VAE reconstruction, 1 ignores it (default 0.8)",
+    ),
+    fit: fitField,
   }).strict().superRefine((body, ctx) => {
+    if (body.strength !== undefined && body.image === undefined) {
+      ctx.addIssue({ code: "custom", path: ["strength"], message: "strength goes with an image (img2img)" });
+    }
     const pixels = body.width * body.height * body.num_images;
     if (pixels > limits.maxPixels) {
       ctx.addIssue({
@@ -133,8 +144,6 @@ export interface ImageRouteLimits extends Limits {
   maxFrames: number;
 }
 
-const imageField = z.string().min(1).describe("base64 (or a data URL) of a PNG, JPEG or WebP image");
-const fitField = z.enum(FIT_MODES).default("cover").describe("how the image is fitted to the model's size");
 export const latentSchema = z.object({
   shape: z.array(z.number().int().min(1).max(4096)).length(4),
   dtype: z.literal("float32"),
