@@ -22,6 +22,7 @@ import {
 } from "./schemas.ts";
 import { handleEdit, handleInterpolate, handleInvert, type ImageRouteDeps } from "./image_routes.ts";
 import { handleGenerate } from "./generate.ts";
+import { openAiRoutes } from "./openai.ts";
 import { apiReferenceHtml, openApiDocument } from "./openapi.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
@@ -166,7 +167,16 @@ export function createApp(
   app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
 
   // While draining, new work is refused (the listener still answers health checks).
-  for (const path of ["/generate", "/invert", "/edit", "/interpolate"]) {
+  for (
+    const path of [
+      "/generate",
+      "/invert",
+      "/edit",
+      "/interpolate",
+      "/v1/images/generations",
+      "/v1/images/edits",
+    ]
+  ) {
     app.use(path, async (_c, next) => {
       if (!services.ready()) {
         throw new ApiError(
@@ -184,6 +194,20 @@ export function createApp(
   app.post("/generate", async (c) => {
     const body = await validate(schemas.generate, await readJson(c), c.var.span);
     return handleGenerate(c, model, body, c.var.span, admission, services.adapters, imageDeps.imageLimits);
+  });
+
+  openAiRoutes(app, model.info.name, async (c, native) => {
+    const body = await validate(schemas.generate, native, c.var.span);
+    return handleGenerate(
+      c,
+      model,
+      body,
+      c.var.span,
+      admission,
+      services.adapters,
+      imageDeps.imageLimits,
+      "application/json",
+    );
   });
 
   app.post("/invert", async (c) => {

@@ -54,8 +54,9 @@ export async function handleGenerate(
   admission: Admission,
   registry: AdapterRegistry,
   imageLimits: ImageLimits,
+  accept = c.req.header("accept"),
 ) {
-  const reply = negotiate(c.req.header("accept"), body.num_images);
+  const reply = negotiate(accept, body.num_images);
   if (body.image !== undefined && !model.info.canEncodeImages) {
     throw new ApiError(400, "invalid_request", "image: this model has no VAE encoder for img2img", "image");
   }
