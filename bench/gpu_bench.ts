@@ -416,10 +416,33 @@ async function unetRun(variant: string, graph: "lora" | "plain"): Promise<void> 
       };
     results.unet.push(point);
   }
+  const skipped = [...points.values()].filter((p) => p.skipped).map((p) => p.rows);
   if (code === "killed") results.cut.push(`UNet ${label}: stopped at the time budget`);
+  else if (skipped.length) results.cut.push(`UNet ${label} at ${skipped.join(", ")} rows: time budget`);
   else if (code !== 0 && !results.unet_sessions[label]) {
     results.unet_sessions[label] = { error: `child exited ${code} before its session opened (see the log)` };
   }
+}
+
+/**
+ * Seconds a served level should take by the raw runs (batched and unbatched, warm-ups included, the
+ * VAE and the rest guessed at a fifth more): 0 where nothing was measured to tell.
+ */
+function levelSeconds(level: number, requests: number, steps: number): number {
+  const measured = results.unet.filter((p) =>
+    p.variant === serveVariant && p.graph === "lora" && p.ms_median
+  );
+  if (!measured.length) return 0;
+  const cap = results.serve.batch_max_rows ?? Infinity;
+  const msAt = (rows: number) => {
+    const near = measured.reduce((a, b) => Math.abs(b.rows - rows) < Math.abs(a.rows - rows) ? b : a);
+    return near.ms_median! * rows / near.rows;
+  };
+  const batchRows = Math.min(2 * level, cap);
+  const batched = Math.ceil(requests / level) * Math.ceil((2 * level) / batchRows) * msAt(batchRows);
+  const unbatched = (requests / level) * level * msAt(2);
+  const warm = (2 / steps) * (batched + unbatched) * (level / requests);
+  return 1.2 * (steps * (batched + unbatched) + steps * warm) / 1000;
 }
 
 function rawPoint(variant: string, rows: number): UnetPoint | undefined {
@@ -479,14 +502,26 @@ async function serveRun(): Promise<void> {
     // Both servers at once: their start-up (sessions, the provider's check) overlaps.
     await Promise.all([start("batched"), start("unbatched")]);
     await say(`servers up in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    for (const level of numbers(values.levels!)) {
-      const requests = level * Number(values["requests-per-client"]);
+    const levels = numbers(values.levels!);
+    for (const [index, level] of levels.entries()) {
+      // Fewer requests per client where the raw runs say the asked-for number would not fit the
+      // time left (shared with the levels still to come), none where even one each would not.
+      let perClient = Number(values["requests-per-client"]);
+      const share = secondsLeft() / (levels.length - index);
+      const cost = (n: number) => levelSeconds(level, n * level, steps);
+      while (perClient > 1 && cost(perClient) > share) perClient--;
+      const requests = level * perClient;
       const entry: ServeLevel = { concurrency: level, requests };
       results.serve.levels.push(entry);
-      if (secondsLeft() < MIN_S.serve / 4) {
-        entry.error = "not run: time budget";
+      if (secondsLeft() < MIN_S.serve / 4 || cost(1) > secondsLeft()) {
+        entry.error = `not run: about ${cost(1).toFixed(0)} s needed, ${secondsLeft().toFixed(0)} s left`;
         results.cut.push(`served /generate at concurrency ${level}: time budget`);
         continue;
+      }
+      if (perClient < Number(values["requests-per-client"])) {
+        results.notes.push(
+          `served concurrency ${level}: ${perClient} request(s) per client to fit the budget`,
+        );
       }
       try {
         // Warm-up at the same concurrency with few steps: the batch shapes this level forms.
