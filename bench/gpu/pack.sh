@@ -78,8 +78,9 @@ if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
   (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 >/dev/null)
 fi
 
-# node_modules without any platform's ONNX Runtime binaries, other libcs' sharp, or libvips:
-# those packages keep their package.json and Deno's .initialized marker, so Deno finds them installed.
+# node_modules without any platform's ONNX Runtime binaries, other libcs' sharp, test-only packages,
+# or libvips: those packages keep their package.json and Deno's .initialized marker, so Deno finds
+# them installed and never asks the registry for them.
 pack_node_modules() { # standin|sharp
   local stage
   stage=$(mktemp -d)
@@ -87,7 +88,8 @@ pack_node_modules() { # standin|sharp
   local nm=$stage/node_modules
   rm -rf "$stage/$ORT_PKG/bin"
   rm -rf "$stage/$VIPS_PKG/lib"
-  for p in "$nm"/.deno/@img+sharp-*linuxmusl*; do
+  # other libcs' sharp, and packages only the tests import (openai: tests/openai_test.ts)
+  for p in "$nm"/.deno/@img+sharp-*linuxmusl* "$nm"/.deno/openai@*; do
     find "$p" -mindepth 1 \( -name package.json -o -name .initialized \) -prune -o -type f -print | xargs -r rm -f
   done
   find "$nm" -type f \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' \) -delete
