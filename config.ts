@@ -34,6 +34,8 @@ const schema = z.object({
   MAX_INPUT_PIXELS: integer(4096 * 4096, 64),
   MAX_FRAMES: integer(64, 2),
   MEMORY_BUDGET_BYTES: z.coerce.number().int().min(1).optional(),
+  JOB_TTL_S: integer(600, 1),
+  MAX_FINISHED_JOBS: integer(256, 1),
   HF_ENDPOINT: z.string().url().default("https://huggingface.co"),
   HF_TOKEN: z.string().optional(),
   HF_HUB_CACHE: z.string().optional(),
@@ -63,6 +65,8 @@ export interface Config {
   /** SIGTERM: how long to keep answering (readiness 503) before closing, and the deadline for in-flight work. */
   shutdown: { drainDelayMs: number; timeoutMs: number };
   batch: { enabled: boolean; maxRows: number; maxWaitMs: number };
+  /** Finished asynchronous jobs: kept this long, at most this many. */
+  jobs: { ttlMs: number; maxFinished: number };
   /** Bytes one model run may add to the server's resident memory; unset: derived at start (see pipeline/cost.ts). */
   memoryBudgetBytes?: number;
   limits: {
@@ -110,6 +114,7 @@ export function loadConfig(env: Record<string, string | undefined> = Deno.env.to
     shutdown: { drainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS, timeoutMs: e.SHUTDOWN_TIMEOUT_MS },
     batch: { enabled: e.BATCHING, maxRows: e.BATCH_MAX_ROWS, maxWaitMs: e.BATCH_MAX_WAIT_MS },
     memoryBudgetBytes: e.MEMORY_BUDGET_BYTES,
+    jobs: { ttlMs: e.JOB_TTL_S * 1000, maxFinished: e.MAX_FINISHED_JOBS },
     limits: {
       maxConcurrentRequests: e.MAX_CONCURRENT_REQUESTS,
       maxSteps: e.MAX_STEPS,

@@ -23,6 +23,7 @@ import {
 import { handleEdit, handleInterpolate, handleInvert, type ImageRouteDeps } from "./image_routes.ts";
 import { handleGenerate } from "./generate.ts";
 import { openAiRoutes } from "./openai.ts";
+import { jobRoutes, JobStore, respondAsync } from "./jobs.ts";
 import { apiReferenceHtml, openApiDocument } from "./openapi.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
 import type { AdapterRegistry } from "../loras/registry.ts";
@@ -30,6 +31,16 @@ import type { Config } from "../config.ts";
 import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
 import { counterValue, gauge, ServerMetrics } from "../metrics.ts";
+
+/** The routes that run the model: refused while draining, and runnable as jobs. */
+const TASK_PATHS = [
+  "/generate",
+  "/invert",
+  "/edit",
+  "/interpolate",
+  "/v1/images/generations",
+  "/v1/images/edits",
+];
 
 type Env = { Variables: { span: Span; signal: AbortSignal; leave: () => void; continues: () => () => void } };
 
@@ -166,17 +177,10 @@ export function createApp(
   });
   app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
 
-  // While draining, new work is refused (the listener still answers health checks).
-  for (
-    const path of [
-      "/generate",
-      "/invert",
-      "/edit",
-      "/interpolate",
-      "/v1/images/generations",
-      "/v1/images/edits",
-    ]
-  ) {
+  // While draining, new work is refused (the listener still answers health checks); with
+  // `Prefer: respond-async` a task runs as a job.
+  const jobs = new JobStore(config.jobs);
+  for (const path of TASK_PATHS) {
     app.use(path, async (_c, next) => {
       if (!services.ready()) {
         throw new ApiError(
@@ -189,7 +193,9 @@ export function createApp(
       }
       await next();
     });
+    app.use(path, respondAsync(jobs, admission, () => app));
   }
+  jobRoutes(app, jobs);
 
   app.post("/generate", async (c) => {
     const body = await validate(schemas.generate, await readJson(c), c.var.span);

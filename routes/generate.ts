@@ -14,6 +14,7 @@ import { randomSeed } from "../pipeline/rng.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
 import type { ImageLimits } from "../pipeline/image_input.ts";
 import { readImage } from "./image_routes.ts";
+import { jobProgress } from "./jobs.ts";
 import { inSpan, type Span } from "../telemetry.ts";
 
 type Reply = "json" | "sse" | OutputFormat;
@@ -154,7 +155,7 @@ export async function handleGenerate(
     });
   }
   try {
-    const outcome = await run();
+    const outcome = await run(jobProgress(c));
     if (reply === "json") return c.json(jsonBody(outcome));
     c.header("X-Seed", String(outcome.encoded[0].seed));
     return c.body(outcome.encoded[0].bytes as Uint8Array<ArrayBuffer>, 200, {

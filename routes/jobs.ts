@@ -1,0 +1,172 @@
+/**
+ * Asynchronous jobs (RFC 7240's `Prefer: respond-async`, as Cog does it): any task route answers
+ * 202 with a `Location` of the job at once and runs the very same request in the background, through
+ * the same app (validation, admission, handlers), so the job's result is byte for byte the reply the
+ * synchronous call would have had. `GET /v1/jobs/{id}` answers 202 with the status and progress while
+ * it runs, then that reply itself; `DELETE` cancels a running job or forgets a finished one.
+ * Finished jobs are kept for a bounded time and count.
+ */
+import type { Context, Hono, MiddlewareHandler } from "hono";
+import { ApiError, errorBody } from "./errors.ts";
+import type { Admission } from "./admission.ts";
+
+type Status = "running" | "succeeded" | "failed" | "cancelled";
+
+interface Job {
+  id: string;
+  route: string;
+  status: Status;
+  progress?: { step: number; total: number };
+  created: number;
+  finished?: number;
+  controller: AbortController;
+  reply?: { status: number; headers: [string, string][]; body: Uint8Array };
+}
+
+export interface JobLimits {
+  /** How long a finished job's reply is kept. */
+  ttlMs: number;
+  /** How many finished jobs are kept (the oldest go first). */
+  maxFinished: number;
+}
+
+/** Progress reporters of the requests that jobs run, by request. */
+const reporters = new WeakMap<Request, (step: number, total: number) => void>();
+
+/** The progress callback of a job's request, if this request is one (for handlers that report steps). */
+export function jobProgress(c: Context): ((step: number, total: number) => void) | undefined {
+  return reporters.get(c.req.raw);
+}
+
+export class JobStore {
+  readonly #jobs = new Map<string, Job>();
+
+  constructor(readonly limits: JobLimits) {}
+
+  get(id: string): Job | undefined {
+    this.#prune();
+    return this.#jobs.get(id);
+  }
+
+  add(job: Job): void {
+    this.#jobs.set(job.id, job);
+  }
+
+  delete(id: string): void {
+    this.#jobs.delete(id);
+  }
+
+  #prune(): void {
+    const now = Date.now();
+    const finished = [...this.#jobs.values()].filter((j) => j.finished !== undefined)
+      .sort((a, b) => a.finished! - b.finished!);
+    const excess = finished.length - this.limits.maxFinished;
+    finished.forEach((job, i) => {
+      if (i < excess || now - job.finished! > this.limits.ttlMs) this.#jobs.delete(job.id);
+    });
+  }
+
+  finish(job: Job, status: Status, reply?: Job["reply"]): void {
+    job.status = status;
+    job.reply = reply;
+    job.finished = Date.now();
+    this.#prune();
+  }
+}
+
+const wantsAsync = (c: Context) =>
+  (c.req.header("prefer") ?? "").split(/[,;]/).some((p) => p.trim().toLowerCase() === "respond-async");
+
+function statusBody(job: Job) {
+  return {
+    id: job.id,
+    route: job.route,
+    status: job.status,
+    ...(job.progress ? { progress: job.progress } : {}),
+    created_at: new Date(job.created).toISOString(),
+    ...(job.finished ? { finished_at: new Date(job.finished).toISOString() } : {}),
+  };
+}
+
+/**
+ * Middleware for the task routes: with `Prefer: respond-async`, admits the job by the same limit
+ * as every request (429 when full), then replays the request through `app` without the header.
+ */
+export function respondAsync(
+  jobs: JobStore,
+  admission: Admission,
+  app: () => Hono<any>,
+): MiddlewareHandler {
+  return async (c, next) => {
+    if (!wantsAsync(c)) return await next();
+    admission.acquire()(); // a full server refuses the job now, as it would the request
+    const id = crypto.randomUUID();
+    const controller = new AbortController();
+    const headers = new Headers(c.req.raw.headers);
+    headers.delete("prefer");
+    // The job's reply is kept whole: JSON in place of a stream, raw image types as asked.
+    if ((headers.get("accept") ?? "").includes("text/event-stream")) {
+      headers.set("accept", "application/json");
+    }
+    const request = new Request(c.req.url, {
+      method: c.req.method,
+      headers,
+      body: await c.req.arrayBuffer(),
+      signal: controller.signal,
+    });
+    const job: Job = { id, route: c.req.path, status: "running", created: Date.now(), controller };
+    jobs.add(job);
+    reporters.set(request, (step, total) => job.progress = { step, total });
+    (async () => {
+      try {
+        const response = await app().fetch(request);
+        const body = new Uint8Array(await response.arrayBuffer());
+        if (job.status === "cancelled") return;
+        jobs.finish(job, response.ok ? "succeeded" : "failed", {
+          status: response.status,
+          headers: [...response.headers],
+          body,
+        });
+      } catch (error) {
+        if (job.status !== "cancelled") {
+          console.error(error);
+          const body = new TextEncoder().encode(JSON.stringify(errorBody("internal", "internal error")));
+          jobs.finish(job, "failed", { status: 500, headers: [["content-type", "application/json"]], body });
+        }
+      }
+    })();
+    c.header("Location", `/v1/jobs/${id}`);
+    return c.json(statusBody(job), 202);
+  };
+}
+
+export function jobRoutes(app: Hono<any>, jobs: JobStore) {
+  const find = (c: Context) => {
+    const job = jobs.get(c.req.param("id")!);
+    if (!job) {
+      throw new ApiError(404, "not_found", "no such job (finished jobs are kept for a while only)", "id");
+    }
+    return job;
+  };
+  app.get("/v1/jobs/:id", (c) => {
+    const job = find(c);
+    if (!job.reply) {
+      c.header("Retry-After", "1");
+      return c.json(statusBody(job), job.status === "running" ? 202 : 200);
+    }
+    const headers = new Headers(job.reply.headers);
+    headers.set("X-Job-Id", job.id);
+    headers.set("X-Job-Status", job.status);
+    return new Response(job.reply.body as Uint8Array<ArrayBuffer>, { status: job.reply.status, headers });
+  });
+  app.delete("/v1/jobs/:id", (c) => {
+    const job = find(c);
+    if (job.finished === undefined) {
+      job.controller.abort(new DOMException("the job was cancelled", "AbortError"));
+      jobs.finish(job, "cancelled");
+      return c.json(statusBody(job), 200);
+    }
+    jobs.delete(job.id);
+    return c.body(null, 204);
+  });
+}
