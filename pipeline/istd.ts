@@ -6,7 +6,7 @@
  */
 import type { DiffusionModel } from "./model.ts";
 import { encodePrompts, initialNoise, type TaskContext } from "./generate.ts";
-import { interpolate } from "./interpolate.ts";
+import { adjacentDistances, interpolate } from "./interpolate.ts";
 import type { RowAdapters } from "../loras/pack.ts";
 import { forEachConcurrently } from "./concurrency.ts";
 
@@ -26,6 +26,15 @@ export interface IstdResult {
   istd: number;
   /** Per prompt: the std of its adjacent distances. */
   perPrompt: number[];
+  /** Mean over prompts of the mean adjacent distance: how far apart the frames are at all. */
+  meanDistance: number;
+  /**
+   * Mean over prompts of std / mean of the adjacent distances: smoothness without scale. ISTD alone
+   * rewards a model whose two seeds draw nearly the same image (all distances small).
+   */
+  istdOverMean: number;
+  /** Mean over prompts of the distance between the two seeds' own images: the seed diversity. */
+  endpointDistance: number;
 }
 
 export async function measureIstd(
@@ -34,7 +43,8 @@ export async function measureIstd(
   ctx: TaskContext = {},
 ): Promise<IstdResult> {
   const { height, width } = { height: model.info.nativeHeight / 8, width: model.info.nativeWidth / 8 };
-  const perPrompt = new Array<number>(params.prompts.length);
+  const n = params.prompts.length;
+  const perPrompt = new Array<number>(n), means = new Array<number>(n), endpoints = new Array<number>(n);
   await forEachConcurrently(params.prompts.length, params.concurrency ?? 8, async (i) => {
     const [embedding, uncond] = await encodePrompts(model, [params.prompts[i], ""], ctx);
     const [a, b] = params.seeds[i];
@@ -49,6 +59,16 @@ export async function measureIstd(
       adapters: params.adapters,
     }, ctx);
     perPrompt[i] = result.istd;
+    means[i] = average(result.distances);
+    endpoints[i] = adjacentDistances([result.frames[0], result.frames[result.frames.length - 1]])[0];
   });
-  return { istd: perPrompt.reduce((s, v) => s + v, 0) / perPrompt.length, perPrompt };
+  return {
+    istd: average(perPrompt),
+    perPrompt,
+    meanDistance: average(means),
+    istdOverMean: average(perPrompt.map((std, i) => means[i] > 0 ? std / means[i] : 0)),
+    endpointDistance: average(endpoints),
+  };
 }
+
+const average = (values: number[]) => values.reduce((s, v) => s + v, 0) / values.length;

@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import sharp from "sharp";
-import { decodeBase64, post, withServer } from "./helpers.ts";
+import { decodeBase64, pixels, post, withServer } from "./helpers.ts";
 import { encodeBase64 } from "../routes/base64.ts";
 import { ImageInputError, readImageInput } from "../pipeline/image_input.ts";
 
@@ -337,14 +337,28 @@ Deno.test("ISTD: the mean over prompts of the std of adjacent-frame distances, a
         frames: 4,
         steps: 6,
       });
-      return (await res.json()).istd as number;
+      return await res.json();
     }));
-    viaApi.forEach((istd, i) =>
+    viaApi.forEach(({ istd }, i) =>
       assert(
         Math.abs(istd - measured.perPrompt[i]) <= 0.02 * istd + 1e-3,
         `${istd} vs ${measured.perPrompt[i]}`,
       )
     );
     assert(Math.abs(measured.istd - (measured.perPrompt[0] + measured.perPrompt[1]) / 2) < 1e-12);
+    // the scale-free companions: mean distance, ISTD / mean, and the seeds' own distance
+    const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+    const means = viaApi.map((r) => mean(r.distances));
+    const close = (a: number, b: number, what: string) =>
+      assert(Math.abs(a - b) <= 0.02 * b + 1e-3, `${what}: ${a} vs ${b}`);
+    close(measured.meanDistance, mean(means), "mean adjacent distance");
+    close(measured.istdOverMean, mean(viaApi.map((r, i) => r.istd / means[i])), "ISTD / mean");
+    const endpoints = await Promise.all(viaApi.map(async (r) => {
+      const [first, last] = [r.frames[0].data, r.frames[r.frames.length - 1].data].map((d) => pixels(d));
+      const [a, b] = await Promise.all([first, last]);
+      return Math.sqrt(a.reduce((s: number, v: number, k: number) => s + ((v - b[k]) / 255) ** 2, 0));
+    }));
+    close(measured.endpointDistance, mean(endpoints), "seed diversity");
+    assert(measured.endpointDistance > 0 && measured.endpointDistance < measured.meanDistance * 4);
   });
 });

@@ -1,8 +1,10 @@
 /**
  * Evaluates the served model, optionally with LoRA adapters, on fixed held-out work, so that models
  * and adapters compare on the same prompts, seeds and drawings:
- * - istd: smoothness (pipeline/istd.ts), pixels in [0, 1]; lower is smoother;
- * - accuracy: all-attributes accuracy of generated images, read by the training tools' evaluator;
+ * - istd: smoothness (pipeline/istd.ts), pixels in [0, 1]; lower is smoother; with the mean adjacent
+ *   distance, ISTD / mean (scale-free) and the seed diversity (distance between the two seeds' images);
+ * - accuracy: all-attributes and per-attribute accuracy of generated images, read by the training
+ *   tools' evaluator;
  * - inversion: PSNR of DDIM inversion + reconstruction of real drawings, and the VAE's bound.
  *
  *   deno task evaluate [--lora org/name[@revision]]... [--scale 1] [--metrics istd,accuracy,inversion]
@@ -66,7 +68,14 @@ async function istd(model: DiffusionModel, adapters: RowAdapters) {
     guidanceScale: GUIDANCE,
     adapters,
   });
-  return { istd: result.istd, frames: Number(values.frames), pixel_range: "[0, 1]" };
+  return {
+    istd: result.istd,
+    mean_adjacent_distance: result.meanDistance,
+    istd_over_mean: result.istdOverMean,
+    seed_diversity: result.endpointDistance,
+    frames: Number(values.frames),
+    pixel_range: "[0, 1]",
+  };
 }
 
 async function accuracy(model: DiffusionModel, adapters: RowAdapters, dir: string) {
@@ -162,7 +171,13 @@ try {
 }
 console.log(
   `adapters: ${report.adapters}; ${count} held-out prompts, ${steps} DDIM steps, guidance ${GUIDANCE}` +
-    (report.istd !== undefined ? `; ISTD ${(report.istd as number).toFixed(4)} (pixels in [0, 1])` : "") +
+    (report.istd !== undefined
+      ? `; ISTD ${(report.istd as number).toFixed(4)} (pixels in [0, 1]), mean adjacent distance ${
+        (report.mean_adjacent_distance as number).toFixed(3)
+      }, ISTD / mean ${(report.istd_over_mean as number).toFixed(3)}, seed diversity ${
+        (report.seed_diversity as number).toFixed(3)
+      }`
+      : "") +
     (report.accuracy_all !== undefined
       ? `; all-attributes ${(100 * (report.accuracy_all as number)).toFixed(1)}%`
       : "") +
