@@ -23,6 +23,7 @@ import {
 import { handleEdit, handleInterpolate, handleInvert, type ImageRouteDeps } from "./image_routes.ts";
 import { handleGenerate } from "./generate.ts";
 import { openAiRoutes } from "./openai.ts";
+import { playground } from "./playground.ts";
 import { jobRoutes, JobStore, respondAsync } from "./jobs.ts";
 import { apiReferenceHtml, openApiDocument } from "./openapi.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
@@ -139,6 +140,7 @@ export function createApp(
       span.end();
     }
   });
+  app.get("/", playground); // before the API-key check: the page asks for the key and sends it
   app.use("*", corsFor(config.access.corsOrigins));
   app.use("*", apiKeys(config.access.apiKeys));
   app.use("*", deadline(config.access.requestTimeoutMs, requests));
