@@ -177,10 +177,13 @@ export async function timed<T>(timings: Timings, stage: string, fn: () => Promis
   }
 }
 
-/** img2img's start: the image's latent for every image of the request, and the step to begin at. */
-async function encodeInit(model: DiffusionModel, params: GenerateParams, ctx: TaskContext) {
-  const { image, strength } = params.init!;
-  const x0 = await inSpan(
+/** An image's latent (the VAE encoder's mean), scaled as the UNet takes it. */
+export async function encodeToLatent(
+  model: DiffusionModel,
+  image: RgbImage,
+  ctx: TaskContext,
+): Promise<Float32Array> {
+  return await inSpan(
     "vae.encode",
     ctx.span,
     () =>
@@ -189,6 +192,12 @@ async function encodeInit(model: DiffusionModel, params: GenerateParams, ctx: Ta
         span: ctx.span,
       }),
   );
+}
+
+/** img2img's start: the image's latent for every image of the request, and the step to begin at. */
+async function encodeInit(model: DiffusionModel, params: GenerateParams, ctx: TaskContext) {
+  const { image, strength } = params.init!;
+  const x0 = await encodeToLatent(model, image, ctx);
   const index = params.steps - Math.min(Math.floor(params.steps * strength), params.steps);
   return { x0: repeatRows(x0, params.numImages), index };
 }

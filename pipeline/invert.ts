@@ -12,12 +12,13 @@ import {
   decodeToImages,
   denoise,
   encodePrompts,
+  encodeToLatent,
   type LatentShape,
   type TaskContext,
   timed,
   type Timings,
 } from "./generate.ts";
-import { type RgbImage, rgbToPixels } from "./image.ts";
+import type { RgbImage } from "./image.ts";
 import { inSpan } from "../telemetry.ts";
 import type { RowAdapters } from "../loras/pack.ts";
 
@@ -87,22 +88,6 @@ export interface InvertImageResult {
 }
 
 /** Scaled latent x_0 of an 8-bit image. */
-export async function encodeToLatent(
-  model: DiffusionModel,
-  image: RgbImage,
-  ctx: TaskContext,
-): Promise<Float32Array> {
-  return await inSpan(
-    "vae.encode",
-    ctx.span,
-    () =>
-      model.encodeImages(rgbToPixels(image), { rows: 1, height: image.height, width: image.width }, {
-        signal: ctx.signal,
-        span: ctx.span,
-      }),
-  );
-}
-
 /** x_T of an image: encode it, then invert under the conditional embedding `cond`. */
 export async function invertToNoise(
   model: DiffusionModel,
