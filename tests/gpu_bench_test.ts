@@ -9,27 +9,15 @@
  * Ignored, with the reason printed, where WebGPU cannot load or the training tools' Python is missing;
  * under CI=true a WebGPU that cannot load fails instead.
  */
-import * as ort from "onnxruntime-node";
 import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import sharp from "sharp";
 import standIn from "../bench/gpu/sharp_standin.mjs";
 import { PYTHON, pythonReady } from "../tools/python.ts";
-import { MODEL_DIR } from "./helpers.ts";
+import { webgpuUnavailable } from "./helpers.ts";
 
 if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
 const ROOT = new URL("../", import.meta.url).pathname;
-
-async function webgpuUnavailable(): Promise<string | undefined> {
-  try {
-    const probe = await ort.InferenceSession.create(`${MODEL_DIR}/text_encoder/model.onnx`, {
-      executionProviders: ["webgpu"],
-    });
-    await probe.release();
-  } catch (error) {
-    return String((error as Error).message ?? error).split("\n")[0];
-  }
-}
 
 const unavailable = await webgpuUnavailable();
 const inCI = Deno.env.get("CI") === "true";

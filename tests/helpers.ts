@@ -1,6 +1,7 @@
 /** Test support: a real server on a loopback port, over the embedded model (or TEST_MODEL). */
 import { type Config, loadConfig } from "../config.ts";
 import sharp from "sharp";
+import * as ort from "onnxruntime-node";
 import { type RunningServer, startServer } from "../server.ts";
 
 export const MODEL_DIR = Deno.env.get("TEST_MODEL") ??
@@ -103,4 +104,16 @@ export async function spawnMain(
     await drained;
   };
   return { url: banner.match(/http:\/\/\S+:\d+/)![0], child, stop, stderr: () => errors };
+}
+
+/** Why ONNX Runtime's WebGPU provider cannot create a session here, or undefined when it can. */
+export async function webgpuUnavailable(): Promise<string | undefined> {
+  try {
+    const probe = await ort.InferenceSession.create(`${MODEL_DIR}/text_encoder/model.onnx`, {
+      executionProviders: ["webgpu"],
+    });
+    await probe.release();
+  } catch (error) {
+    return String((error as Error).message ?? error).split("\n")[0];
+  }
 }

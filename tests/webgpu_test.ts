@@ -8,26 +8,13 @@
  * Where WebGPU cannot load these tests are ignored with the reason printed; under `CI=true` they
  * run and fail with it instead, so CI cannot skip them silently.
  */
-import * as ort from "onnxruntime-node";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { MODEL_DIR, pixels, post, spawnMain } from "./helpers.ts";
+import { pixels, post, spawnMain, webgpuUnavailable } from "./helpers.ts";
 import { maxAbsDifference } from "../tools/parity.ts";
 import { decodeLatent } from "../pipeline/latent_codec.ts";
 
 // Dawn wants a runtime directory (it complains without one); the child servers inherit it.
 if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
-
-/** Why the WebGPU provider cannot create a session here, or undefined when it can. */
-async function webgpuUnavailable(): Promise<string | undefined> {
-  try {
-    const probe = await ort.InferenceSession.create(`${MODEL_DIR}/text_encoder/model.onnx`, {
-      executionProviders: ["webgpu"],
-    });
-    await probe.release();
-  } catch (error) {
-    return String((error as Error).message ?? error).split("\n")[0];
-  }
-}
 
 const unavailable = await webgpuUnavailable();
 const inCI = Deno.env.get("CI") === "true";
