@@ -9,13 +9,11 @@
 import type { Context } from "hono";
 import { ApiError } from "./errors.ts";
 import { encodeBase64 } from "./base64.ts";
-
-/** Runs a native /generate body (already translated) and returns the native JSON reply. */
-export type GenerateNative = (c: Context, body: Record<string, unknown>) => Promise<Response>;
+import { type GenerateNative, type OffRule, refuseUnlessOff, translateErrors } from "./compat.ts";
 
 const EXTENSIONS = ["seed", "steps", "guidance_scale", "negative_prompt", "scheduler", "lora"] as const;
 /** OpenAI fields, each with the values that mean "nothing asked of the server" (null always does). */
-const OFF_VALUES: Record<string, readonly unknown[]> = {
+const OFF_VALUES: Record<string, OffRule> = {
   quality: ["auto", "standard"],
   style: [],
   background: ["auto", "opaque"],
@@ -69,16 +67,7 @@ function translate(body: Record<string, unknown>, modelId: string): Record<strin
       throw new ApiError(400, "unknown_parameter", `${key}: not a parameter of this API`, key);
     }
   }
-  for (const [key, off] of Object.entries(OFF_VALUES)) {
-    const value = body[key];
-    if (value === undefined || value === null || off.includes("*") || off.includes(value)) continue;
-    throw new ApiError(
-      400,
-      "unsupported_value",
-      `${key}: ${JSON.stringify(value)} is not supported by this server`,
-      key,
-    );
-  }
+  refuseUnlessOff(body, OFF_VALUES);
   if (body.model !== undefined && body.model !== null && body.model !== modelId) {
     throw new ApiError(
       404,
@@ -146,8 +135,8 @@ async function editBody(c: Context): Promise<Record<string, unknown>> {
   return body;
 }
 
-async function respond(c: Context, run: () => Promise<Response>) {
-  try {
+function respond(c: Context, run: () => Promise<Response>) {
+  return translateErrors(c, async () => {
     const native = await (await run()).json();
     return c.json({
       created: Math.floor(Date.now() / 1000),
@@ -158,12 +147,10 @@ async function respond(c: Context, run: () => Promise<Response>) {
       output_format: native.parameters.output_format,
       size: `${native.images[0].width}x${native.images[0].height}`,
     });
-  } catch (error) {
-    if (!(error instanceof ApiError)) throw error;
-    for (const [name, value] of Object.entries(error.headers)) c.header(name, value);
+  }, (error) => {
     const param = error.field === undefined ? null : NATIVE_TO_OPENAI[error.field] ?? error.field;
-    return c.json(openAiError(error.status, error.message, param, error.code), error.status);
-  }
+    return openAiError(error.status, error.message, param, error.code);
+  });
 }
 
 export function openAiRoutes(
