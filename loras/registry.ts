@@ -141,6 +141,48 @@ export class AdapterRegistry {
     }));
   }
 
+  /**
+   * The adapters that the Hub caches hold (the bundled ones, then the download cache), as `acquire`
+   * would find them there: one per repo allowed here, at its `main` ref (else its first ref), with
+   * the file this registry would choose. Reads the caches only: no hub, no parsing, nothing loaded.
+   */
+  async cachedAdapters(): Promise<{ repo: string; revision: string; commit: string; file: string }[]> {
+    const found = new Map<string, { repo: string; revision: string; commit: string; file: string }>();
+    for (const cache of [...this.options.bundledCacheDirs, this.options.cacheDir]) {
+      const folders: string[] = [];
+      try {
+        for await (const entry of Deno.readDir(cache)) if (entry.isDirectory) folders.push(entry.name);
+      } catch {
+        continue;
+      }
+      for (const folder of folders.sort()) {
+        const match = /^models--(.+?)--(.+)$/.exec(folder);
+        const repo = match && `${match[1]}/${match[2]}`;
+        if (!repo || found.has(repo) || (this.#allow.length && !this.#allow.some((re) => re.test(repo)))) {
+          continue;
+        }
+        const refs: string[] = [];
+        try {
+          for await (const entry of Deno.readDir(join(cache, folder, "refs"))) {
+            if (entry.isFile) refs.push(entry.name);
+          }
+        } catch {
+          continue;
+        }
+        const mainFirst = (a: string, b: string) =>
+          Number(b === "main") - Number(a === "main") || (a < b ? -1 : 1);
+        for (const revision of refs.sort(mainFirst)) {
+          const spec = { repo, revision, scale: 1 };
+          const located = await this.#fromCaches(spec, [cache]).catch(() => undefined);
+          if (!located) continue;
+          found.set(repo, { repo, revision, commit: located.commit, file: located.file });
+          break;
+        }
+      }
+    }
+    return [...found.values()];
+  }
+
   /** Resolves and pins the adapters of one request; `release` unpins them when it is done. */
   async acquire(specs: AdapterSpec[]): Promise<{ applied: AppliedAdapter[]; release: () => void }> {
     const adapters: Adapter[] = [];

@@ -38,6 +38,15 @@ export function jobProgress(c: Context): ((step: number, total: number) => void)
   return reporters.get(c.req.raw);
 }
 
+/**
+ * Adds a listener to a request's progress beside a job's own (a route that tracks the progress of
+ * its requests itself: the AUTOMATIC1111 routes' /sdapi/v1/progress).
+ */
+export function listenProgress(request: Request, listener: (step: number, total: number) => void): void {
+  const job = reporters.get(request);
+  reporters.set(request, job ? (step, total) => (job(step, total), listener(step, total)) : listener);
+}
+
 export class JobStore {
   readonly #jobs = new Map<string, Job>();
 
