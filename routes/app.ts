@@ -23,6 +23,8 @@ import {
 import { handleEdit, handleInterpolate, handleInvert, type ImageRouteDeps } from "./image_routes.ts";
 import { handleGenerate } from "./generate.ts";
 import { openAiRoutes } from "./openai.ts";
+import { a1111Routes } from "./a1111.ts";
+import type { GenerateNative } from "./compat.ts";
 import { playground } from "./playground.ts";
 import { jobRoutes, JobStore, respondAsync } from "./jobs.ts";
 import { apiReferenceHtml, openApiDocument } from "./openapi.ts";
@@ -41,6 +43,8 @@ const TASK_PATHS = [
   "/interpolate",
   "/v1/images/generations",
   "/v1/images/edits",
+  "/sdapi/v1/txt2img",
+  "/sdapi/v1/img2img",
 ];
 
 type Env = { Variables: { span: Span; signal: AbortSignal; leave: () => void; continues: () => () => void } };
@@ -204,7 +208,8 @@ export function createApp(
     return handleGenerate(c, model, body, c.var.span, admission, services.adapters, imageDeps.imageLimits);
   });
 
-  openAiRoutes(app, model.info.name, async (c, native) => {
+  // The OpenAI and AUTOMATIC1111 APIs: requests translated into /generate's, run by the same code.
+  const generateNative: GenerateNative = async (c, native) => {
     const body = await validate(schemas.generate, native, c.var.span);
     return handleGenerate(
       c,
@@ -216,7 +221,9 @@ export function createApp(
       imageDeps.imageLimits,
       "application/json",
     );
-  });
+  };
+  openAiRoutes(app, model.info.name, generateNative);
+  a1111Routes(app, { model: model.info.name, registry: services.adapters, generate: generateNative });
 
   app.post("/invert", async (c) => {
     const body = await validate(schemas.invert, await readJson(c), c.var.span);
