@@ -88,8 +88,11 @@ pack_node_modules() { # standin|sharp
   local nm=$stage/node_modules
   rm -rf "$stage/$ORT_PKG/bin"
   rm -rf "$stage/$VIPS_PKG/lib"
-  # other libcs' sharp, and packages only the tests import (openai: tests/openai_test.ts)
-  for p in "$nm"/.deno/@img+sharp-*linuxmusl* "$nm"/.deno/openai@*; do
+  # other libcs' sharp, and packages only the tests import (openai: tests/openai_test.ts;
+  # puppeteer-core and its dependencies: tests/playground_test.ts)
+  for p in "$nm"/.deno/@img+sharp-*linuxmusl* "$nm"/.deno/openai@* "$nm"/.deno/puppeteer-core@* \
+    "$nm"/.deno/@puppeteer+browsers@* "$nm"/.deno/chromium-bidi@* "$nm"/.deno/devtools-protocol@* \
+    "$nm"/.deno/webdriver-bidi-protocol@* "$nm"/.deno/typed-query-selector@* "$nm"/.deno/modern-tar@*; do
     find "$p" -mindepth 1 \( -name package.json -o -name .initialized \) -prune -o -type f -print | xargs -r rm -f
   done
   find "$nm" -type f \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' \) -delete
