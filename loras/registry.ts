@@ -269,10 +269,7 @@ export class AdapterRegistry {
     ]);
     if (local) return local;
     if (this.options.offline) {
-      throw new RegistryError(
-        "adapter_not_cached",
-        `${spec.repo}@${spec.revision} is not in the Hub cache and HF_HUB_OFFLINE is set`,
-      );
+      throw new RegistryError("adapter_not_cached", `${await this.#notCached(spec)} (HF_HUB_OFFLINE is set)`);
     }
     try {
       return await this.#fromHub(spec);
@@ -373,6 +370,36 @@ export class AdapterRegistry {
       }
     }
     return undefined;
+  }
+
+  /** What of the adapter the local caches lack: the repo, the revision, or the file in the snapshot. */
+  async #notCached(spec: AdapterSpec): Promise<string> {
+    const caches = [...this.options.bundledCacheDirs, this.options.cacheDir];
+    let repo = false;
+    for (const cache of caches) {
+      const root = join(cache, repoFolder(spec.repo));
+      try {
+        await Deno.stat(root);
+      } catch {
+        continue;
+      }
+      repo = true;
+      const commit = COMMIT.test(spec.revision)
+        ? spec.revision
+        : await readText(join(root, "refs", spec.revision));
+      if (!commit) continue;
+      try {
+        await Deno.stat(join(root, "snapshots", commit));
+      } catch {
+        continue;
+      }
+      return `${spec.repo}@${spec.revision} is in the Hub cache but has no file ${
+        spec.file ?? "(none named)"
+      } there`;
+    }
+    return repo
+      ? `${spec.repo} is in the Hub cache but not at revision ${spec.revision}`
+      : `${spec.repo} is not in the Hub cache`;
   }
 
   #fetch = (input: RequestInfo | URL, init?: RequestInit): Promise<Response> =>

@@ -9,6 +9,24 @@ export const MIME_TYPES: Record<OutputFormat, string> = {
   jpeg: "image/jpeg",
 };
 
+/**
+ * The most pixels per side each encoder writes: libwebp's 16383, libjpeg's 65500, GIF's 16-bit
+ * sizes, libpng's default user limit. Past them sharp throws after the work is done, so requests
+ * whose images would be larger are refused at validation.
+ */
+export const MAX_SIDE: Record<OutputFormat | "gif", number> = {
+  png: 1_000_000,
+  webp: 16383,
+  jpeg: 65500,
+  gif: 65535,
+};
+export const FORMAT_NAMES: Record<OutputFormat | "gif", string> = {
+  png: "PNG",
+  webp: "WebP",
+  jpeg: "JPEG",
+  gif: "GIF",
+};
+
 export interface RgbImage {
   width: number;
   height: number;

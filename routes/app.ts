@@ -67,7 +67,8 @@ async function readJson(c: { req: { json: () => Promise<unknown> } }): Promise<u
 
 function validate<S extends z.ZodType>(schema: S, body: unknown, span: Span): Promise<z.infer<S>> {
   return inSpan("validate", span, () => {
-    const parsed = schema.safeParse(body);
+    // the input in each issue tells a key the value lacks from a key of the wrong type (errors.ts)
+    const parsed = schema.safeParse(body, { reportInput: true });
     if (!parsed.success) throw fromZodError(parsed.error);
     return parsed.data;
   });

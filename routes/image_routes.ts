@@ -355,6 +355,9 @@ async function animate(frames: RgbImage[], format: "webp" | "gif", durationMs: n
   frames.forEach((f, i) => stacked.set(f.data, i * f.data.length));
   const base = sharp(stacked, {
     raw: { width, height: height * frames.length, channels: 3, pageHeight: height } as never,
+    // the frames are the server's own, their size checked at validation; sharp's default cap
+    // (0x3FFF x 0x3FFF pixels) would refuse a long strip of large frames after the model ran
+    limitInputPixels: false,
   });
   const delay = frames.map(() => durationMs);
   const bytes =

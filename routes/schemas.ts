@@ -1,7 +1,7 @@
 /** Request and response schemas (zod): the validators and the source of /openapi.json. */
 import { z } from "zod";
 import { SCHEDULER_NAMES } from "../pipeline/scheduler.ts";
-import { OUTPUT_FORMATS } from "../pipeline/image.ts";
+import { FORMAT_NAMES, MAX_SIDE, OUTPUT_FORMATS, type OutputFormat } from "../pipeline/image.ts";
 import { MAX_SEED } from "../pipeline/rng.ts";
 import { FIT_MODES } from "../pipeline/image_input.ts";
 import { INVERSION_METHODS } from "../pipeline/invert.ts";
@@ -60,7 +60,9 @@ export const loraSpecSchema = z.object({
   scale: z.number().min(-8).max(8).default(1),
 }).strict();
 
-export const loraFieldSchema = z.union([loraSpecSchema, z.array(loraSpecSchema).min(1).max(4)]).optional()
+export const loraFieldSchema = z.union([loraSpecSchema, z.array(loraSpecSchema).min(1).max(4)], {
+  error: "must be an adapter {repo, file?, revision?, scale?} or a list of 1 to 4 of them",
+}).optional()
   .describe("One LoRA adapter from the Hugging Face Hub, or a list of up to 4 to stack.");
 
 const side = z.number().int().min(8).max(4096).multipleOf(8, { message: "must be a multiple of 8" });
@@ -177,6 +179,35 @@ function checkSize(limits: Limits) {
   };
 }
 
+/** Pixels of the image a latent decodes to. */
+const latentPixels = (latent: { shape: number[] }) => ({
+  width: latent.shape[3] * 8,
+  height: latent.shape[2] * 8,
+});
+
+/**
+ * Images that the chosen encoder cannot write (WebP holds 16383 pixels per side) are refused at
+ * validation, naming the field that chose the format; only latent inputs reach such sizes.
+ */
+function checkEncodable(
+  ctx: z.RefinementCtx,
+  size: { width: number; height: number },
+  format: OutputFormat | "gif",
+  field: string,
+) {
+  const max = MAX_SIDE[format];
+  if (size.width <= max && size.height <= max) return;
+  ctx.addIssue({
+    code: "too_big",
+    origin: "number",
+    maximum: max,
+    inclusive: true,
+    path: [field],
+    message: `${FORMAT_NAMES[format]} holds at most ${max} pixels per side and these images would be ` +
+      `${size.width} x ${size.height}: choose another format, or a smaller latent`,
+  });
+}
+
 export function invertRequestSchema(limits: Limits) {
   return z.object({
     image: imageField,
@@ -214,16 +245,22 @@ export function editRequestSchema(limits: Limits) {
   }).refine((b) => b.latent === undefined || (b.width === undefined && b.height === undefined), {
     message: "a latent carries its own size: width and height go with an image",
     path: ["width"],
-  }).superRefine(checkSize(limits));
+  }).superRefine(checkSize(limits)).superRefine((body, ctx) => {
+    if (body.latent) checkEncodable(ctx, latentPixels(body.latent), body.output_format, "output_format");
+  });
 }
 
 const endpointSchema = z.union([
   z.object({ prompt: z.string().max(4000), seed: z.number().int().min(0).max(MAX_SEED) }).strict(),
   z.object({ prompt: z.string().max(4000), image: imageField }).strict(),
   z.object({ prompt: z.string().max(4000), latent: latentSchema }).strict(),
-]).describe(
-  "a generated image's noise {prompt, seed}, an image to invert {image, prompt}, or {latent, prompt}",
-);
+], {
+  error:
+    "must be {prompt, seed}, {prompt, image} or {prompt, latent}: a prompt and exactly one of seed, image or latent",
+})
+  .describe(
+    "a generated image's noise {prompt, seed}, an image to invert {image, prompt}, or {latent, prompt}",
+  );
 
 export function interpolateRequestSchema(limits: ImageRouteLimits) {
   return z.object({
@@ -239,5 +276,15 @@ export function interpolateRequestSchema(limits: ImageRouteLimits) {
     ...sizeFields,
     output_format: z.enum(OUTPUT_FORMATS).default("png"),
     lora: loraFieldSchema,
-  }).strict().superRefine(checkSize(limits));
+  }).strict().superRefine(checkSize(limits)).superRefine((body, ctx) => {
+    const latent = "latent" in body.from
+      ? body.from.latent
+      : "latent" in body.to
+      ? body.to.latent
+      : undefined;
+    if (!latent) return;
+    const size = latentPixels(latent);
+    checkEncodable(ctx, size, body.output_format, "output_format");
+    if (body.animation !== "none") checkEncodable(ctx, size, body.animation, "animation");
+  });
 }
