@@ -21,6 +21,7 @@ const schema = z.object({
   API_KEYS: z.string().default(""),
   CORS_ORIGINS: z.string().default(""),
   REQUEST_TIMEOUT_MS: integer(300_000, 1),
+  BODY_READ_TIMEOUT_MS: integer(30_000, 1),
   SHUTDOWN_DRAIN_DELAY_MS: integer(0),
   BATCHING: flag(true),
   BATCH_MAX_ROWS: integer(64, 1),
@@ -61,7 +62,8 @@ export interface Config {
   /** Unset: the embedded model. A local directory, or a Hugging Face repo id. */
   model?: string;
   executionProvider: ProviderChoice;
-  access: { apiKeys: string[]; corsOrigins: string[]; requestTimeoutMs: number };
+  /** `bodyReadTimeoutMs`: how long a request's body may take to arrive (408 past it). */
+  access: { apiKeys: string[]; corsOrigins: string[]; requestTimeoutMs: number; bodyReadTimeoutMs: number };
   /** SIGTERM: how long to keep answering (readiness 503) before closing, and the deadline for in-flight work. */
   shutdown: { drainDelayMs: number; timeoutMs: number };
   batch: { enabled: boolean; maxRows: number; maxWaitMs: number };
@@ -110,6 +112,7 @@ export function loadConfig(env: Record<string, string | undefined> = Deno.env.to
       apiKeys: e.API_KEYS.split(",").map((k) => k.trim()).filter(Boolean),
       corsOrigins: e.CORS_ORIGINS.split(",").map((o) => o.trim()).filter(Boolean),
       requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
+      bodyReadTimeoutMs: e.BODY_READ_TIMEOUT_MS,
     },
     shutdown: { drainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS, timeoutMs: e.SHUTDOWN_TIMEOUT_MS },
     batch: { enabled: e.BATCHING, maxRows: e.BATCH_MAX_ROWS, maxWaitMs: e.BATCH_MAX_WAIT_MS },

@@ -20,7 +20,8 @@ export function apiKeys(keys: string[]): MiddlewareHandler {
   return async (c, next) => {
     if (keys.length === 0 || OPEN_PATHS.test(c.req.path) || c.req.method === "OPTIONS") return await next();
     const header = c.req.header("authorization") ?? "";
-    const presented = await digest(header.startsWith("Bearer ") ? header.slice(7) : "");
+    // the scheme is case-insensitive and followed by one or more spaces (RFC 9110, 11.1 and 11.4)
+    const presented = await digest(/^bearer +(.*)$/i.exec(header)?.[1] ?? "");
     let match = false;
     for (const known of await digests) match = timingSafeEqual(known, presented) || match;
     if (!match) {

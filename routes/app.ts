@@ -1,6 +1,5 @@
 /** The HTTP API: routing, validation, error mapping. Work is delegated to pipeline tasks. */
 import { Hono } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import type { z } from "zod";
 import { ApiError, errorBody, errorResponse, fromZodError } from "./errors.ts";
 import {
@@ -14,6 +13,8 @@ import {
   SHUTDOWN_ERROR,
 } from "./access.ts";
 import { Admission } from "./admission.ts";
+import { readBody } from "./body.ts";
+import { methodLabel, RouteTable } from "./methods.ts";
 import {
   editRequestSchema,
   generateRequestSchema,
@@ -123,12 +124,17 @@ export function createApp(
     const observers = model.batchers.unet.observers, at = observers.indexOf(observe);
     if (at >= 0) observers.splice(at, 1);
   };
+  const routes = new RouteTable(app);
   app.use("*", async (c, next) => {
     try {
       await next();
     } finally {
-      const route = c.req.routePath === "*" || c.res.status === 404 ? "unmatched" : c.req.routePath;
-      metrics.requests.inc({ route, method: c.req.method, status: String(c.res.status) });
+      // labels from fixed sets only: a client's method or path never becomes a series
+      metrics.requests.inc({
+        route: routes.label(c.req.path),
+        method: methodLabel(c.req.method),
+        status: String(c.res.status),
+      });
     }
   });
   app.use("*", async (c, next) => {
@@ -149,17 +155,7 @@ export function createApp(
   app.use("*", corsFor(config.access.corsOrigins));
   app.use("*", apiKeys(config.access.apiKeys));
   app.use("*", deadline(config.access.requestTimeoutMs, requests));
-  app.use(
-    "*",
-    bodyLimit({
-      maxSize: config.limits.maxBodyBytes,
-      onError: (c) =>
-        c.json(
-          errorBody("payload_too_large", `the body exceeds ${config.limits.maxBodyBytes} bytes`, "body"),
-          413,
-        ),
-    }),
-  );
+  app.use("*", readBody(config.limits.maxBodyBytes, config.access.bodyReadTimeoutMs));
 
   app.onError((error, c) => {
     if (error instanceof ApiError) return errorResponse(c, error);
@@ -182,7 +178,7 @@ export function createApp(
     console.error(error);
     return c.json(errorBody("internal", "internal error"), 500);
   });
-  app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
+  app.notFound((c) => routes.notFound(c));
 
   // While draining, new work is refused (the listener still answers health checks); with
   // `Prefer: respond-async` a task runs as a job.

@@ -19,14 +19,38 @@ import { inSpan, type Span } from "../telemetry.ts";
 
 type Reply = "json" | "sse" | OutputFormat;
 
+/** Accept's media ranges with their weights (RFC 9110, 12.5.1), in the order given. */
+function acceptRanges(accept: string): { type: string; q: number }[] {
+  return accept.split(",").slice(0, 64).map((part) => {
+    const [type, ...params] = part.split(";").map((p) => p.trim().toLowerCase());
+    const q = params.map((p) => /^q\s*=\s*([0-9.]+)$/.exec(p)?.[1]).find((v) => v !== undefined);
+    const weight = q === undefined ? 1 : Number(q);
+    return { type, q: Number.isFinite(weight) ? Math.min(1, weight) : 1 };
+  }).filter((range) => range.type !== "");
+}
+
+/**
+ * The reply Accept asks for, by weight (q=0 refuses a type). A stream or raw image bytes only when
+ * named; JSON also by `application/*` or `* / *`, and when Accept names nothing this route makes.
+ * Equal weights prefer the stream, then JSON, then the image types in Accept's order; raw bytes
+ * carry one image, so with several JSON is the reply if Accept allows it, else 406.
+ */
 export function negotiate(accept: string | undefined, numImages: number): Reply {
-  const types = (accept ?? "").split(",").map((part) => part.split(";")[0].trim().toLowerCase());
-  if (types.includes("text/event-stream")) return "sse";
-  const raw = (Object.entries(MIME_TYPES) as [OutputFormat, string][]).find(([, mime]) =>
-    types.includes(mime)
-  );
-  if (!raw || types.includes("application/json")) return "json";
-  if (numImages !== 1) {
+  const ranges = acceptRanges(accept ?? "");
+  const named = (mime: string) => ranges.find((r) => r.type === mime);
+  const json = named("application/json") ?? named("application/*") ?? named("*/*");
+  const options: { reply: Reply; q: number; rank: number }[] = [];
+  const sse = named("text/event-stream");
+  if (sse) options.push({ reply: "sse", q: sse.q, rank: 0 });
+  if (json) options.push({ reply: "json", q: json.q, rank: 1 });
+  for (const [format, mime] of Object.entries(MIME_TYPES) as [OutputFormat, string][]) {
+    const range = named(mime);
+    if (range) options.push({ reply: format, q: range.q, rank: 2 + ranges.indexOf(range) });
+  }
+  const acceptable = options.filter((o) => o.q > 0).sort((a, b) => b.q - a.q || a.rank - b.rank);
+  const fits = acceptable.filter((o) => o.rank < 2 || numImages === 1);
+  if (fits.length > 0) return fits[0].reply;
+  if (acceptable.length > 0) {
     throw new ApiError(
       406,
       "not_acceptable",
@@ -34,7 +58,12 @@ export function negotiate(accept: string | undefined, numImages: number): Reply 
       "num_images",
     );
   }
-  return raw[0];
+  if (json === undefined) return "json"; // Accept names nothing this route makes: JSON, as with none
+  throw new ApiError(
+    406,
+    "not_acceptable",
+    "Accept allows none of the replies: application/json, text/event-stream, image/png, image/webp, image/jpeg",
+  );
 }
 
 export async function encodeImages(result: GenerateResult, format: OutputFormat, span?: Span) {
