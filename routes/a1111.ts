@@ -2,12 +2,12 @@
  * The AUTOMATIC1111 web UI API (`/sdapi/v1/...`), the subset its clients use (Open WebUI,
  * SillyTavern, bots and scripts). txt2img and img2img are translated into this server's own /generate
  * request, validated and run by the same code (admission, batcher), and the reply and errors are
- * translated back into A1111's shapes. Field names, types and defaults are those of A1111's API models
- * (modules/api/models.py, StableDiffusionTxt2ImgProcessingAPI and StableDiffusionImg2ImgProcessingAPI,
- * as of v1.10). Clients send every field, most at their "off" values: a field this server cannot
- * honour is accepted at the value that means off (or at any value where A1111 itself ignores it, a
- * setting of a switch that is off) and refused with a 400 naming it otherwise; a field A1111 does not
- * have is refused too.
+ * translated back into A1111's shapes. Field names, types and defaults are those of A1111's API
+ * models (stable-diffusion-webui:modules/api/models.py, StableDiffusionTxt2ImgProcessingAPI and
+ * StableDiffusionImg2ImgProcessingAPI, as of v1.10). Clients send every field, most at their "off"
+ * values: a field this server cannot honour is accepted at the value that means off (or at any value
+ * where A1111 itself ignores it, a setting of a switch that is off) and refused with a 400 naming it
+ * otherwise; a field A1111 does not have is refused too.
  *
  * Many requests run at once here, where A1111 runs one: /sdapi/v1/progress reports on all the A1111
  * requests in flight together (and each by its task id), and /sdapi/v1/interrupt stops them all (or the
@@ -178,7 +178,7 @@ const SAMPLERS = [
 ] as const;
 type Sampler = typeof SAMPLERS[number];
 
-/** A1111's extra-network syntax (modules/extra_networks.py). */
+/** A1111's extra-network syntax (stable-diffusion-webui:modules/extra_networks.py). */
 const EXTRA_NETWORK = /<(\w+):([^>]+)>/g;
 
 /** The native fields that an A1111 request names otherwise. */
@@ -192,7 +192,10 @@ const NATIVE_TO_A1111: Record<string, string> = {
   output_format: "override_settings.samples_format",
 };
 
-/** A1111's error body (modules/api/api.py, handle_exception), its detail beginning with the field. */
+/**
+ * A1111's error body (stable-diffusion-webui:modules/api/api.py, handle_exception), its detail
+ * beginning with the field.
+ */
 function a1111Error(error: ApiError) {
   const detail = error.field === undefined || error.message.startsWith(`${error.field}: `)
     ? error.message
@@ -262,14 +265,14 @@ function refuseSettings(model: string, settings: Body, perRequest: boolean, pref
   }
 }
 
-/** The request's fields checked: none A1111 lacks, each of its type, none asking for what this server does not do. */
+/** The request checked: no field A1111 lacks, each of its type, none asking what this server cannot do. */
 function check(kind: Kind, raw: unknown, model: string): Body {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
     throw new ApiError(400, "invalid_request", "body: expected a JSON object", "body");
   }
   const body = raw as Body;
   for (const key of Object.keys(body)) {
-    if (!(key in FIELDS[kind])) {
+    if (!Object.hasOwn(FIELDS[kind], key)) { // own keys: "constructor" or "__proto__" is no field
       throw new ApiError(400, "unknown_field", `${key}: not a field of A1111's ${kind} API`, key);
     }
   }
@@ -290,7 +293,7 @@ function check(kind: Kind, raw: unknown, model: string): Body {
   return body;
 }
 
-/** sampler_name (or, without it, sampler_index, "Euler" by default) and scheduler, onto this server's schedulers. */
+/** sampler_name (or, without it, sampler_index, "Euler" by default) and scheduler, onto our schedulers. */
 function samplerOf(body: Body): Sampler {
   const field = body.sampler_name ? "sampler_name" : "sampler_index";
   const name = String(body.sampler_name || body.sampler_index || "Euler");
@@ -363,7 +366,7 @@ function extraNetworks(prompt: string, negative: string): { text: string; loras:
   return { text: prompt.replace(EXTRA_NETWORK, ""), loras };
 }
 
-/** Short names: a repo's name in the Hub caches (what /sdapi/v1/loras lists); `org/name` is a repo id as is. */
+/** Short names: a repo's name in the Hub caches (as /sdapi/v1/loras lists them); `org/name`: a repo id. */
 async function loraSpecs(loras: LoraTag[], registry: AdapterRegistry) {
   let cached: Awaited<ReturnType<AdapterRegistry["cachedAdapters"]>> | undefined;
   const specs: { repo: string; revision?: string; scale: number }[] = [];
@@ -397,7 +400,9 @@ function renamed(error: ApiError, body: Body): ApiError {
   const rest = error.message.startsWith(`${error.field}: `)
     ? error.message.slice(error.field.length + 2)
     : error.message;
-  let field = NATIVE_TO_A1111[head] ?? error.field, message = `${field}: ${rest}`;
+  // own keys only: a client's field "constructor" is not Object.prototype's
+  let field = Object.hasOwn(NATIVE_TO_A1111, head) ? NATIVE_TO_A1111[head] : error.field;
+  let message = `${field}: ${rest}`;
   if (head === "num_images") {
     const [b, n] = [Number(body.batch_size ?? 1), Number(body.n_iter ?? 1)];
     field = n > 1 ? "n_iter" : "batch_size";

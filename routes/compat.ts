@@ -18,7 +18,7 @@ export type OffRule =
   | readonly unknown[]
   | { off: (value: unknown, body: Record<string, unknown>) => boolean; why: string };
 
-/** Refuses, with a 400 naming the field, the first field that holds more than "off"; absent and null always are. */
+/** Refuses, with a 400 naming it, the first field that holds more than "off" (absent and null always are). */
 export function refuseUnlessOff(body: Record<string, unknown>, rules: Record<string, OffRule>): void {
   for (const [key, rule] of Object.entries(rules)) {
     const value = body[key];

@@ -1,8 +1,8 @@
 /**
  * The AUTOMATIC1111 API (/sdapi/v1/...), with requests shaped as its clients send them: every field
  * of A1111's StableDiffusionTxt2ImgProcessingAPI / StableDiffusionImg2ImgProcessingAPI (v1.10,
- * modules/api/models.py) at its default, as Open WebUI and SillyTavern send them, against a real
- * server over loopback.
+ * stable-diffusion-webui:modules/api/models.py) at its default, as Open WebUI and SillyTavern send
+ * them, against a real server over loopback.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { pixels, post, withServer } from "./helpers.ts";
