@@ -463,6 +463,7 @@ Deno.test("A1111 off-values: fields this server cannot honour are accepted when 
       [{ sampler_name: null, sampler_index: "Euler a" }, "sampler_index"],
       [{ scheduler: "Karras" }, "scheduler"],
       [{ hr_additional_modules: [] }, "hr_additional_modules"], // not a field of A1111's API
+      [JSON.parse('{"constructor": 1}'), "constructor"], // nor is a key of Object.prototype
       [{ enable_hr: "yes" }, "enable_hr"],
       [{ batch_size: 0 }, "batch_size"],
       [{ cfg_scale: 100 }, "cfg_scale"],
