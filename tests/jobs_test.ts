@@ -91,12 +91,12 @@ Deno.test("jobs: admitted by the same limit (429 when full); finished jobs are k
       await res.arrayBuffer();
       await (await poll(url, locations[i])).res.arrayBuffer();
     }
-    const statuses = async () =>
-      Promise.all(
-        locations.map(async (
-          l,
-        ) => (await fetch(`${url}${l}`).then(async (r) => (await r.arrayBuffer(), r.status)))),
-      );
+    const statusOf = async (location: string) => {
+      const res = await fetch(`${url}${location}`);
+      await res.arrayBuffer();
+      return res.status;
+    };
+    const statuses = () => Promise.all(locations.map(statusOf));
     assertEquals(await statuses(), [404, 200, 200], "two finished jobs kept, the oldest forgotten");
     await new Promise((r) => setTimeout(r, 1100));
     assertEquals(await statuses(), [404, 404, 404], "and none past JOB_TTL_S");
