@@ -122,3 +122,43 @@ Deno.test("memory: the heaviest request the budget admits peaks within it, and r
     assertEquals(refused.status, 400, "one size up is refused");
   });
 });
+
+Deno.test("memory: at the default budget, the heaviest request the default caps admit peaks within it", async () => {
+  await withServer({}, async ({ url, model }) => {
+    const budget = model.memory.budgetBytes;
+    // the most expensive one-step /generate the validation admits: size x images x guidance
+    let heaviest: { side: number; images: number; guidance: number; bytes: number } | undefined;
+    for (let side = 64; side <= 1024; side += 64) {
+      for (const guidance of [1, 7.5]) {
+        for (let images = 1; images <= 8 && side * side * images <= 1024 * 1024; images++) {
+          const rows = guidance === 1 ? images : 2 * images;
+          if (model.runTooLarge(side, side, rows, images)) continue;
+          const bytes = runBytes(model.memory.costs!.unet!, rows, (side / 8) ** 2);
+          if (!heaviest || bytes > heaviest.bytes) heaviest = { side, images, guidance, bytes };
+        }
+      }
+    }
+    const { side, images, guidance } = heaviest!;
+    const peak = await measurePeak(async () => {
+      const res = await post(`${url}/generate`, {
+        prompt: PROMPT,
+        width: side,
+        height: side,
+        num_images: images,
+        guidance_scale: guidance,
+        steps: 1,
+      });
+      assertEquals(res.status, 200);
+      await res.arrayBuffer();
+    });
+    console.log(
+      `default budget ${
+        Math.round(budget / MIB)
+      } MiB; heaviest admitted: ${images} x ${side}x${side} at guidance ` +
+        `${guidance} (estimated ${Math.round(heaviest!.bytes / MIB)} MiB): peak +${
+          Math.round(peak! / MIB)
+        } MiB`,
+    );
+    assert(peak! <= budget, `peak ${peak} over the budget ${budget}`);
+  });
+});
