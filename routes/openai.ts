@@ -148,7 +148,12 @@ function respond(c: Context, run: () => Promise<Response>) {
       size: `${native.images[0].width}x${native.images[0].height}`,
     });
   }, (error) => {
-    const param = error.field === undefined ? null : NATIVE_TO_OPENAI[error.field] ?? error.field;
+    // own keys only: a client's field "constructor" is not Object.prototype's
+    const param = error.field === undefined
+      ? null
+      : Object.hasOwn(NATIVE_TO_OPENAI, error.field)
+      ? NATIVE_TO_OPENAI[error.field]
+      : error.field;
     return openAiError(error.status, error.message, param, error.code);
   });
 }
