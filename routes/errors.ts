@@ -51,6 +51,10 @@ function firstIssue(issues: Issue[]): Issue {
   return issues.find((issue) => same(issue) && issue.code === first.code) ?? first;
 }
 
+/** A key the value lacks: the issue's input (parsed with reportInput), else zod's message says so. */
+const lacks = (issue: Issue) =>
+  "input" in issue ? issue.input === undefined : / received undefined$/.test(issue.message);
+
 /**
  * How far a value is from one branch of a union, by its shape: a wrong type at the branch's root
  * (far), keys the branch does not know, and keys it needs that the value lacks. Wrong values of the
@@ -61,9 +65,7 @@ function distance(issues: Issue[]): number {
   for (const issue of issues) {
     if (issue.path.length === 0 && issue.code === "invalid_type") score += 1000;
     else if (issue.path.length === 0 && issue.code === "unrecognized_keys") score += issue.keys.length;
-    else if (issue.path.length === 1 && issue.code === "invalid_type" && issue.input === undefined) {
-      score += 1;
-    }
+    else if (issue.path.length === 1 && issue.code === "invalid_type" && lacks(issue)) score += 1;
   }
   return score;
 }
