@@ -21,6 +21,7 @@ const ADAPTER_ERRORS = {
 };
 const IMAGE_ERRORS = {
   "400": jsonError("Malformed JSON, a wrong type or value, or an undecodable image; `field` names it"),
+  "408": jsonError("The body did not arrive within BODY_READ_TIMEOUT_MS"),
   "413": jsonError("The body or the image is too large"),
   "415": jsonError("The image is not PNG, JPEG or WebP"),
   "429": jsonError("Too many requests in flight; see Retry-After"),
@@ -76,6 +77,7 @@ export function openApiDocument(
             },
             "400": jsonError("Malformed JSON, a wrong type or an out-of-range value; `field` names it"),
             "406": jsonError("A raw image was asked for more than one image"),
+            "408": jsonError("The body did not arrive within BODY_READ_TIMEOUT_MS"),
             "413": jsonError("The body is too large"),
             "429": jsonError("Too many requests in flight; see Retry-After"),
           },
