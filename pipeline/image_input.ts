@@ -130,7 +130,7 @@ export function base64Bytes(text: string): { bytes: Uint8Array; declared?: strin
     throw new ImageInputError("undecodable", "not valid base64");
   }
   try {
-    return { bytes: Uint8Array.from(atob(payload.replace(/\s+/g, "")), (ch) => ch.charCodeAt(0)), declared };
+    return { bytes: Uint8Array.fromBase64(payload), declared };
   } catch {
     throw new ImageInputError("undecodable", "not valid base64");
   }

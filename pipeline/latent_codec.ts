@@ -11,11 +11,7 @@ export function encodeLatent(values: Float32Array, shape: number[]): WireLatent 
   const bytes = new Uint8Array(values.length * 4);
   const view = new DataView(bytes.buffer);
   values.forEach((v, i) => view.setFloat32(i * 4, v, true));
-  let binary = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return { shape, dtype: "float32", data: btoa(binary) };
+  return { shape, dtype: "float32", data: bytes.toBase64() };
 }
 
 /** A latent that does not hold what it claims: the sender's fault. */
@@ -26,7 +22,7 @@ export function decodeLatent(latent: WireLatent): Float32Array {
   const count = latent.shape.reduce((a, b) => a * b, 1);
   let bytes: Uint8Array;
   try {
-    bytes = Uint8Array.from(atob(latent.data), (ch) => ch.charCodeAt(0));
+    bytes = Uint8Array.fromBase64(latent.data);
   } catch {
     throw new LatentError("data is not valid base64");
   }

@@ -1,7 +1,6 @@
 /** POST /generate: JSON in; JSON, a raw image, or server-sent progress events out. */
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
-import { encodeBase64 } from "./base64.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
 import { startTask } from "./adapters.ts";
@@ -136,7 +135,7 @@ export async function handleGenerate(
   };
   const jsonBody = ({ encoded, timings }: Awaited<ReturnType<typeof run>>) => ({
     images: encoded.map((e) => ({
-      data: encodeBase64(e.bytes),
+      data: e.bytes.toBase64(),
       seed: e.seed,
       format,
       width: e.width,

@@ -2,7 +2,6 @@
 import type { Context } from "hono";
 import type { z } from "zod";
 import { ApiError } from "./errors.ts";
-import { encodeBase64 } from "./base64.ts";
 import { startTask } from "./adapters.ts";
 import type { Admission } from "./admission.ts";
 import type {
@@ -105,7 +104,7 @@ function readLatent(
 
 async function imageJson(image: RgbImage, format: OutputFormat) {
   return {
-    data: encodeBase64(await encodeImage(image, format)),
+    data: (await encodeImage(image, format)).toBase64(),
     format,
     width: image.width,
     height: image.height,
@@ -363,5 +362,5 @@ async function animate(frames: RgbImage[], format: "webp" | "gif", durationMs: n
   const bytes =
     await (format === "webp" ? base.webp({ loop: 0, delay, lossless: true }) : base.gif({ loop: 0, delay }))
       .toBuffer();
-  return { format, data: encodeBase64(new Uint8Array(bytes)) };
+  return { format, data: (new Uint8Array(bytes)).toBase64() };
 }

@@ -8,7 +8,6 @@
  */
 import type { Context } from "hono";
 import { ApiError } from "./errors.ts";
-import { encodeBase64 } from "./base64.ts";
 import { type GenerateNative, type OffRule, refuseUnlessOff, translateErrors } from "./compat.ts";
 
 const EXTENSIONS = ["seed", "steps", "guidance_scale", "negative_prompt", "scheduler", "lora"] as const;
@@ -113,7 +112,7 @@ async function editBody(c: Context): Promise<Record<string, unknown>> {
       if (values.length !== 1 || !(values[0] instanceof File)) {
         throw new ApiError(400, "invalid_request", "image: exactly one image file", "image");
       }
-      body.image = encodeBase64(new Uint8Array(await (values[0] as File).arrayBuffer()));
+      body.image = (new Uint8Array(await (values[0] as File).arrayBuffer())).toBase64();
     } else if (key === "mask") {
       body.mask = true;
     } else {

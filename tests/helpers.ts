@@ -35,7 +35,7 @@ export function post(url: string, body: unknown, headers: Record<string, string>
 }
 
 export function decodeBase64(text: string): Uint8Array {
-  return Uint8Array.from(atob(text), (ch) => ch.charCodeAt(0));
+  return Uint8Array.fromBase64(text);
 }
 
 /** The raw RGB bytes of a base64-encoded image. */

@@ -5,7 +5,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import sharp from "sharp";
 import { post, withServer } from "./helpers.ts";
-import { encodeBase64 } from "../routes/base64.ts";
 import { bmp, flatPng, ico, j2k, jp2, rawExchange } from "./hostile.ts";
 
 const PROMPT = "a large red circle on a blue background";
@@ -20,7 +19,7 @@ async function reply(res: Response) {
   return { status: res.status, json, text, headers: res.headers };
 }
 
-const zeros = (count: number) => encodeBase64(new Uint8Array(count * 4));
+const zeros = (count: number) => (new Uint8Array(count * 4)).toBase64();
 /** A latent of [1, 4, h, w] zeros: it decodes to 8w x 8h pixels. */
 const latent = (h: number, w: number) => ({ shape: [1, 4, h, w], dtype: "float32", data: zeros(4 * h * w) });
 
@@ -115,8 +114,8 @@ Deno.test("input: a request body cut short is 400 incomplete_body, chunked or wi
 // still, the false 400 "the image could not be decoded").
 Deno.test("input: an image of extreme aspect ratio is refused before decoding, for every fit", async () => {
   await withServer({}, async ({ url }) => {
-    const tall = encodeBase64(flatPng(1, 16_777_216));
-    const wide = encodeBase64(flatPng(65_536, 1));
+    const tall = (flatPng(1, 16_777_216)).toBase64();
+    const wide = (flatPng(65_536, 1)).toBase64();
     for (const [name, image] of [["1 x 16777216", tall], ["65536 x 1", wide]]) {
       for (const fit of ["contain", "cover", "fill"]) {
         const started = performance.now();
@@ -134,12 +133,10 @@ Deno.test("input: an image of extreme aspect ratio is refused before decoding, f
       }
     }
     // As elongated as the API's own extreme size (4096 x 8): served, cover included.
-    const edge = encodeBase64(
-      new Uint8Array(
-        await sharp({ create: { width: 512, height: 1, channels: 3, background: "#3060a0" } }).png()
-          .toBuffer(),
-      ),
-    );
+    const edge = (new Uint8Array(
+      await sharp({ create: { width: 512, height: 1, channels: 3, background: "#3060a0" } }).png()
+        .toBuffer(),
+    )).toBase64();
     const ok = await reply(
       await post(`${url}/invert`, {
         image: edge,
@@ -275,7 +272,7 @@ Deno.test("image input: BMP, ICO and JPEG 2000 get 415 naming the format, as the
       ]] as const
     ) {
       const { status, json } = await reply(
-        await post(`${url}/invert`, { image: encodeBase64(bytes), prompt: "a", steps: 1 }),
+        await post(`${url}/invert`, { image: bytes.toBase64(), prompt: "a", steps: 1 }),
       );
       assertEquals([status, json.error.code, json.error.field], [415, "unsupported_image", "image"], name);
       assert(json.error.message.includes(name), json.error.message);
@@ -286,12 +283,10 @@ Deno.test("image input: BMP, ICO and JPEG 2000 get 415 naming the format, as the
 // Before: the MIME type of a data URL was ignored: both mismatches were served (200).
 Deno.test("image input: a data URL's MIME type is checked against its bytes", async () => {
   await withServer({}, async ({ url }) => {
-    const png = encodeBase64(
-      new Uint8Array(
-        await sharp({ create: { width: 16, height: 16, channels: 3, background: "#3060a0" } }).png()
-          .toBuffer(),
-      ),
-    );
+    const png = (new Uint8Array(
+      await sharp({ create: { width: 16, height: 16, channels: 3, background: "#3060a0" } }).png()
+        .toBuffer(),
+    )).toBase64();
     const send = async (image: string) =>
       await reply(await post(`${url}/invert`, { image, prompt: "a", steps: 1 }));
     const mismatch = await send(`data:image/jpeg;base64,${png}`);

@@ -1,7 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import sharp from "sharp";
 import { decodeBase64, pixels, post, withServer } from "./helpers.ts";
-import { encodeBase64 } from "../routes/base64.ts";
 import { ImageInputError, readImageInput } from "../pipeline/image_input.ts";
 
 const PROMPT = "a large green circle on a black background";
@@ -17,7 +16,7 @@ async function pngOf(
     create: { width, height, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } },
   });
   const bytes = await img.toFormat(format).toBuffer();
-  return encodeBase64(new Uint8Array(bytes));
+  return (new Uint8Array(bytes)).toBase64();
 }
 
 async function generated(url: string, prompt: string, seed: number): Promise<string> {
@@ -39,7 +38,7 @@ Deno.test("image input: undecodable, oversized and unsupported images get 400, 4
     const cases: [unknown, number, string, string][] = [
       [{ image: btoa("definitely not an image"), prompt: "x", steps: 1 }, 400, "invalid_image", "image"],
       [{ image: "%%%not base64%%%", prompt: "x", steps: 1 }, 400, "invalid_image", "image"],
-      [{ image: encodeBase64(new Uint8Array(big)), prompt: "x", steps: 1 }, 413, "image_too_large", "image"],
+      [{ image: (new Uint8Array(big)).toBase64(), prompt: "x", steps: 1 }, 413, "image_too_large", "image"],
       [
         { image: await pngOf(8, 8, [1, 2, 3], "gif"), prompt: "x", steps: 1 },
         415,
@@ -93,7 +92,7 @@ Deno.test("image input: only faults of the image are the client's (invalid_image
     for (
       const [what, bytes] of [["truncated", valid.slice(0, valid.length >> 1)], ["flipped", flipped]] as const
     ) {
-      const error = await readImageInput(encodeBase64(bytes), 64, 64, "cover", limits).then(
+      const error = await readImageInput(bytes.toBase64(), 64, 64, "cover", limits).then(
         () => undefined,
         (e) => e,
       );
@@ -105,7 +104,7 @@ Deno.test("image input: only faults of the image are the client's (invalid_image
     }
   }
   // The server asking sharp for something impossible (a zero-pixel target) is the server's fault.
-  const valid = encodeBase64(new Uint8Array(await noisy.clone().png().toBuffer()));
+  const valid = (new Uint8Array(await noisy.clone().png().toBuffer())).toBase64();
   const fault = await readImageInput(valid, 0, 64, "cover", limits).then(() => undefined, (e) => e);
   assert(fault instanceof Error, "a zero-pixel target cannot succeed");
   assert(

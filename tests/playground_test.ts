@@ -104,7 +104,7 @@ function imagePixels(page: Page, selector: string) {
 
 /** The raw RGB of base64 PNG bytes, decoded by sharp (the page's pixels must be these). */
 async function rgbOf(b64: string): Promise<number[]> {
-  const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+  const bytes = Uint8Array.fromBase64(b64);
   return Array.from(new Uint8Array(await sharp(bytes).removeAlpha().raw().toBuffer()));
 }
 

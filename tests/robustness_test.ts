@@ -13,7 +13,6 @@ import { findLoraTargets } from "../loras/graph_rewrite.ts";
 import { randomAdapter } from "../tools/random_adapter.ts";
 import { uint32Stream } from "../pipeline/rng.ts";
 import { maxAbsDifference } from "../tools/parity.ts";
-import { encodeBase64 } from "../routes/base64.ts";
 import { createApp } from "../routes/app.ts";
 import { MAX_MESSAGE_CHARS } from "../routes/errors.ts";
 
@@ -89,10 +88,10 @@ async function hostileFiles(rand: () => number): Promise<Uint8Array[]> {
 
 /** Image payloads for JSON fields: each file as base64, and data URLs honest, lying and malformed. */
 function hostileImages(files: Uint8Array[]): string[] {
-  const valid = encodeBase64(files[5]);
+  const valid = files[5].toBase64();
   return [
-    ...files.map(encodeBase64),
-    `data:image/png;base64,${encodeBase64(files[2])}`,
+    ...files.map((file) => file.toBase64()),
+    `data:image/png;base64,${files[2].toBase64()}`,
     `data:text/html;base64,${valid}`,
     `data:image/jpeg;base64,${valid}`,
     `data:image/png,${valid}`,
@@ -141,12 +140,12 @@ function hostileValue(rand: () => number, images: string[]): unknown {
     () => [{ repo: "org/name", scale: 1e9 }],
     () => "<lora:../../etc/passwd:1> a",
     () => ({ shape: [1, 4, 100000, 100000], dtype: "float32", data: "AAAA" }),
-    () => ({ shape: [1, 4, 8, 8], dtype: "float32", data: encodeBase64(new Uint8Array(12)) }),
-    () => ({ shape: [1, 4, 1, 2048], dtype: "float32", data: encodeBase64(new Uint8Array(4 * 4 * 2048)) }),
+    () => ({ shape: [1, 4, 8, 8], dtype: "float32", data: (new Uint8Array(12)).toBase64() }),
+    () => ({ shape: [1, 4, 1, 2048], dtype: "float32", data: (new Uint8Array(4 * 4 * 2048)).toBase64() }),
     () => ({
       shape: [1, 4, 8, 8],
       dtype: "float32",
-      data: encodeBase64(new Uint8Array(4 * 4 * 64).fill(0xff)),
+      data: (new Uint8Array(4 * 4 * 64).fill(0xff)).toBase64(),
     }),
     () => ({ prompt: "a", seed: 1, image: pick(rand, images) }),
     () => ({ prompt: "a" }),
@@ -675,7 +674,7 @@ Deno.test("robustness: soak of mixed routes with adapter churn and disconnecting
   });
   const { url } = server;
   try {
-    const image = encodeBase64(await png(64, 64));
+    const image = (await png(64, 64)).toBase64();
     const steady = { prompt: "a small red square on a white background", seed: 7, steps: 4 };
     const alone = await (await post(`${url}/generate`, steady)).json();
     const statuses = new Map<string, number>();
