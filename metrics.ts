@@ -1,94 +1,136 @@
-/** Prometheus metrics in the text exposition format, with no dependency: counters, gauges, histograms. */
-type Labels = Record<string, string>;
+/**
+ * The server's metrics through OpenTelemetry's metrics SDK: `/metrics` in Prometheus's text format
+ * (the Prometheus exporter, its own server not started), and OTLP/HTTP export as well when
+ * `OTEL_EXPORTER_OTLP_ENDPOINT` is set. HTTP requests follow the semantic conventions for HTTP
+ * servers (`http.server.request.duration`, with `http.request.method`, `http.route` and
+ * `http.response.status_code`); the model's own measurements are `sd.*`.
+ */
+import type { Attributes } from "@opentelemetry/api";
+import { MeterProvider, type MetricReader, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
+import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
+import { OTLPMetricExporter } from "@opentelemetry/exporter-metrics-otlp-http";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import type { TelemetryConfig } from "./telemetry.ts";
 
-const labelText = (labels: Labels) => {
-  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/["\\\n]/g, "_")}"`);
-  return parts.length ? `{${parts.join(",")}}` : "";
-};
-
-export class Counter {
-  #values = new Map<string, { labels: Labels; value: number }>();
-  constructor(readonly name: string, readonly help: string) {}
-
-  inc(labels: Labels = {}, by = 1): void {
-    const key = labelText(labels);
-    const entry = this.#values.get(key) ?? { labels, value: 0 };
-    entry.value += by;
-    this.#values.set(key, entry);
-  }
-
-  render(): string {
-    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`];
-    for (const { labels, value } of this.#values.values()) {
-      lines.push(`${this.name}${labelText(labels)} ${value}`);
-    }
-    return lines.join("\n");
-  }
+/** What the server's gauges and counters read when they are collected. */
+export interface MetricSources {
+  requestsInFlight: () => number;
+  queueDepth: () => number;
+  adapters: () => { hits: number; misses: number; downloads: number; bytes: number };
 }
 
-export class Histogram {
-  #counts: number[];
-  #sum = 0;
-  #count = 0;
-  constructor(readonly name: string, readonly help: string, readonly buckets: number[]) {
-    this.#counts = new Array(buckets.length).fill(0);
-  }
+/** How often metrics go out over OTLP (when an endpoint is set). */
+const OTLP_INTERVAL_MS = 10_000;
 
-  observe(value: number): void {
-    this.#sum += value;
-    this.#count++;
-    this.buckets.forEach((b, i) => {
-      if (value <= b) this.#counts[i]++;
-    });
-  }
-
-  render(): string {
-    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
-    this.buckets.forEach((b, i) => lines.push(`${this.name}_bucket{le="${b}"} ${this.#counts[i]}`));
-    lines.push(
-      `${this.name}_bucket{le="+Inf"} ${this.#count}`,
-      `${this.name}_sum ${this.#sum}`,
-      `${this.name}_count ${this.#count}`,
-    );
-    return lines.join("\n");
-  }
-}
-
-export function gauge(name: string, help: string, value: number, labels: Labels = {}): string {
-  return `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name}${labelText(labels)} ${value}`;
-}
-
-/** The server's metrics; model runs report into it through the batchers' run observers. */
 export class ServerMetrics {
-  readonly requests = new Counter("sd_requests_total", "HTTP requests by route and status");
-  readonly batchRows = new Histogram("sd_unet_batch_rows", "Rows per batched UNet run", [
-    1,
-    2,
-    4,
-    8,
-    16,
-    32,
-    64,
-    128,
-    256,
-  ]);
-  readonly unetSeconds = new Histogram("sd_unet_run_seconds", "Duration of one batched UNet run", [
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-  ]);
-}
+  readonly #provider: MeterProvider;
+  readonly #prometheus = new PrometheusExporter({ preventServerStart: true });
+  readonly #serializer = new PrometheusSerializer();
+  readonly #requestDuration;
+  readonly #batchRows;
+  readonly #runDuration;
 
-export function counterValue(name: string, help: string, value: number): string {
-  return `# HELP ${name} ${help}\n# TYPE ${name} counter\n${name} ${value}`;
+  constructor(telemetry: TelemetryConfig, sources: MetricSources) {
+    const readers: MetricReader[] = [this.#prometheus];
+    if (telemetry.otlpEndpoint) {
+      readers.push(
+        new PeriodicExportingMetricReader({
+          exporter: new OTLPMetricExporter({
+            url: `${telemetry.otlpEndpoint.replace(/\/$/, "")}/v1/metrics`,
+          }),
+          exportIntervalMillis: OTLP_INTERVAL_MS,
+        }),
+      );
+    }
+    this.#provider = new MeterProvider({
+      resource: resourceFromAttributes({ "service.name": telemetry.serviceName }),
+      readers,
+    });
+    const meter = this.#provider.getMeter("smooth-diffusion-server", "0.1.0");
+    this.#requestDuration = meter.createHistogram("http.server.request.duration", {
+      unit: "s",
+      description: "Duration of HTTP server requests",
+      advice: { explicitBucketBoundaries: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] },
+    });
+    this.#batchRows = meter.createHistogram("sd.unet.batch.rows", {
+      unit: "{row}",
+      description: "Rows per batched UNet run",
+      advice: { explicitBucketBoundaries: [1, 2, 4, 8, 16, 32, 64, 128, 256] },
+    });
+    this.#runDuration = meter.createHistogram("sd.unet.run.duration", {
+      unit: "s",
+      description: "Duration of one batched UNet run",
+      advice: {
+        explicitBucketBoundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      },
+    });
+    meter.createObservableGauge("sd.requests.in_flight", {
+      description: "Requests admitted and not yet finished",
+    })
+      .addCallback((r) => r.observe(sources.requestsInFlight()));
+    meter.createObservableGauge("sd.queue.depth", {
+      description: "UNet calls waiting for the next batched run",
+    })
+      .addCallback((r) => r.observe(sources.queueDepth()));
+    const adapterCounter = (name: string, description: string, read: () => number) =>
+      meter.createObservableCounter(name, { description }).addCallback((r) => r.observe(read()));
+    adapterCounter(
+      "sd.adapter.cache.hits",
+      "Adapter requests served from memory",
+      () => sources.adapters().hits,
+    );
+    adapterCounter(
+      "sd.adapter.cache.misses",
+      "Adapter requests that loaded from disk or the hub",
+      () => sources.adapters().misses,
+    );
+    adapterCounter(
+      "sd.adapter.downloads",
+      "Adapter files downloaded from the hub",
+      () => sources.adapters().downloads,
+    );
+    meter.createObservableGauge("sd.adapter.cache.size", {
+      unit: "By",
+      description: "Bytes of parsed adapters in memory",
+    })
+      .addCallback((r) => r.observe(sources.adapters().bytes));
+    // process.memory.usage and v8js.memory.heap.used as OpenTelemetry's runtime conventions name them
+    meter.createObservableGauge("process.memory.usage", {
+      unit: "By",
+      description: "Resident memory of the process",
+    })
+      .addCallback((r) => r.observe(Deno.memoryUsage().rss));
+    meter.createObservableGauge("v8js.memory.heap.used", {
+      unit: "By",
+      description: "JavaScript heap in use",
+    })
+      .addCallback((r) => r.observe(Deno.memoryUsage().heapUsed));
+  }
+
+  /** One HTTP request: `route` and `method` from fixed sets (a client never creates a series). */
+  recordRequest(route: string, method: string, status: number, seconds: number): void {
+    const attributes: Attributes = {
+      "http.request.method": method,
+      "http.route": route,
+      "http.response.status_code": status,
+    };
+    this.#requestDuration.record(seconds, attributes);
+  }
+
+  /** One batched UNet run. */
+  recordRun(rows: number, seconds: number): void {
+    this.#batchRows.record(rows);
+    this.#runDuration.record(seconds);
+  }
+
+  /** The Prometheus text exposition of every metric now. */
+  async prometheusText(): Promise<string> {
+    const { resourceMetrics } = await this.#prometheus.collect();
+    return this.#serializer.serialize(resourceMetrics);
+  }
+
+  /** Exports what is left (OTLP) and stops. */
+  shutdown(): Promise<void> {
+    return this.#provider.shutdown();
+  }
 }

@@ -62,7 +62,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
           console.error(`shutdown: ${requests.size} requests still running; releasing the model anyway`);
         }
       }
-      closeApp();
+      await closeApp();
       await model.release();
       await stopTelemetry();
     },

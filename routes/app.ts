@@ -34,7 +34,7 @@ import type { AdapterRegistry } from "../loras/registry.ts";
 import type { Config } from "../config.ts";
 import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
-import { counterValue, gauge, ServerMetrics } from "../metrics.ts";
+import { ServerMetrics } from "../metrics.ts";
 
 /** The routes that run the model: refused while draining, and runnable as jobs. */
 const TASK_PATHS = [
@@ -75,18 +75,9 @@ function validate<S extends z.ZodType>(schema: S, body: unknown, span: Span): Pr
   });
 }
 
-/** The standard process gauge and the JavaScript heap, so memory growth is visible to operators and soak tests. */
-function processMemory(): string[] {
-  const memory = Deno.memoryUsage();
-  return [
-    gauge("process_resident_memory_bytes", "Resident memory size in bytes", memory.rss),
-    gauge("sd_js_heap_used_bytes", "JavaScript heap in use, in bytes", memory.heapUsed),
-  ];
-}
-
 export function createApp(
   services: AppServices,
-): { app: Hono<Env>; admission: Admission; requests: RequestWork; close: () => void } {
+): { app: Hono<Env>; admission: Admission; requests: RequestWork; close: () => Promise<void> } {
   const { model, config } = services;
   const admission = new Admission(config.limits.maxConcurrentRequests);
   const requests = new RequestWork();
@@ -113,28 +104,32 @@ export function createApp(
   };
   const app = new Hono<Env>();
 
-  const metrics = new ServerMetrics();
-  const observe = (rows: number, seconds: number) => {
-    metrics.batchRows.observe(rows);
-    metrics.unetSeconds.observe(seconds);
-  };
+  const metrics = new ServerMetrics(config.telemetry, {
+    requestsInFlight: () => admission.active,
+    queueDepth: () => model.batchers.unet.pendingCalls,
+    adapters: () => ({ ...services.adapters.stats, bytes: services.adapters.bytes }),
+  });
+  const observe = (rows: number, seconds: number) => metrics.recordRun(rows, seconds);
   model.batchers.unet.observers.push(observe);
-  /** Detaches the app from the model (its run observer), for when the app is done. */
+  /** Detaches the app from the model (its run observer) and stops its metrics, for when the app is done. */
   const close = () => {
     const observers = model.batchers.unet.observers, at = observers.indexOf(observe);
     if (at >= 0) observers.splice(at, 1);
+    return metrics.shutdown();
   };
   const routes = new RouteTable(app);
   app.use("*", async (c, next) => {
+    const started = performance.now();
     try {
       await next();
     } finally {
       // labels from fixed sets only: a client's method or path never becomes a series
-      metrics.requests.inc({
-        route: routes.label(c.req.path),
-        method: methodLabel(c.req.method),
-        status: String(c.res.status),
-      });
+      metrics.recordRequest(
+        routes.label(c.req.path),
+        methodLabel(c.req.method),
+        c.res.status,
+        (performance.now() - started) / 1000,
+      );
     }
   });
   app.use("*", async (c, next) => {
@@ -277,34 +272,10 @@ export function createApp(
       }],
     }));
 
-  app.get("/metrics", (c) => {
-    const adapterStats = services.adapters.stats;
-    const body = [
-      metrics.requests.render(),
-      gauge("sd_requests_in_flight", "Requests admitted and not yet finished", admission.active),
-      gauge(
-        "sd_queue_depth",
-        "UNet calls waiting for the next batched run",
-        model.batchers.unet.pendingCalls,
-      ),
-      metrics.batchRows.render(),
-      metrics.unetSeconds.render(),
-      counterValue("sd_adapter_cache_hits_total", "Adapter requests served from memory", adapterStats.hits),
-      counterValue(
-        "sd_adapter_cache_misses_total",
-        "Adapter requests that loaded from disk or the hub",
-        adapterStats.misses,
-      ),
-      counterValue(
-        "sd_adapter_downloads_total",
-        "Adapter files downloaded from the hub",
-        adapterStats.downloads,
-      ),
-      gauge("sd_adapter_cache_bytes", "Bytes of parsed adapters in memory", services.adapters.bytes),
-      ...processMemory(),
-    ].join("\n") + "\n";
-    return c.text(body, 200, { "Content-Type": "text/plain; version=0.0.4" });
-  });
+  app.get(
+    "/metrics",
+    async (c) => c.text(await metrics.prometheusText(), 200, { "Content-Type": "text/plain; version=0.0.4" }),
+  );
 
   const openapi = openApiDocument(schemas);
   app.get("/openapi.json", (c) => c.json(openapi));

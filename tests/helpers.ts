@@ -117,3 +117,24 @@ export async function webgpuUnavailable(): Promise<string | undefined> {
     return String((error as Error).message ?? error).split("\n")[0];
   }
 }
+
+/**
+ * A metric's value in `/metrics` (Prometheus text): the sum over its series whose labels include
+ * `labels` (OpenTelemetry's exporter adds `otel_scope_name` to every series).
+ */
+export async function metricValue(
+  url: string,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  let total = 0, found = false;
+  for (const line of text.split("\n")) {
+    const match = /^([\w:]+)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!match || match[1] !== name) continue;
+    const has = Object.entries(labels).every(([k, v]) => (match[2] ?? "").includes(`${k}="${v}"`));
+    if (has) [total, found] = [total + Number(match[3]), true];
+  }
+  if (!found) throw new Error(`/metrics has no ${name} ${JSON.stringify(labels)}`);
+  return total;
+}

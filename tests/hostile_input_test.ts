@@ -156,7 +156,8 @@ Deno.test("metrics: label values are bounded to known methods and routes, unauth
   await withServer({ API_KEYS: "k" }, async ({ url }) => {
     const auth = { authorization: "Bearer k" };
     const metrics = async () => await (await fetch(`${url}/metrics`, { headers: auth })).text();
-    const series = (text: string) => text.split("\n").filter((l) => l.startsWith("sd_requests_total{"));
+    const series = (text: string) =>
+      text.split("\n").filter((l) => l.startsWith("http_server_request_duration_count{"));
     const round = async (from: number) => {
       for (let i = from; i < from + 300; i++) {
         const res = await fetch(`${url}/${i % 2 ? "generate" : `random/${i}`}`, {

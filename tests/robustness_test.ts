@@ -5,7 +5,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import sharp from "sharp";
-import { MODEL_DIR, pixels, post, spawnMain, testConfig, withServer } from "./helpers.ts";
+import { metricValue, MODEL_DIR, pixels, post, spawnMain, testConfig, withServer } from "./helpers.ts";
 import { bmp, flatPng, ico, jp2, rawExchange } from "./hostile.ts";
 import { forEachConcurrently } from "../pipeline/concurrency.ts";
 import { FakeHub } from "./hub_server.ts";
@@ -364,7 +364,7 @@ Deno.test("fuzz: 10,000 seeded hostile requests over every route: no 5xx, one er
         method: r.method,
         path: r.path,
       }));
-      probe.close();
+      await probe.close();
       const auth = { authorization: "Bearer fuzz-key" };
       const reference = async () => {
         const generated =
@@ -643,13 +643,6 @@ Deno.test("fuzz: 10,000 seeded hostile requests over every route: no 5xx, one er
   }
 });
 
-async function metricValue(url: string, name: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  if (!line) throw new Error(`/metrics has no ${name}`);
-  return Number(line.split(" ")[1]);
-}
-
 Deno.test("robustness: soak of mixed routes with adapter churn and disconnecting clients: zero 5xx, left work cancelled, others unaffected, memory levels off", async () => {
   const TOTAL = 240, CLIENTS = 8, ADAPTERS = 6;
   const rand = random(777);
@@ -769,7 +762,7 @@ Deno.test("robustness: soak of mixed routes with adapter churn and disconnecting
       while (done < TOTAL) {
         const n = ++done;
         await one();
-        if (n % 40 === 0) memory.push([n, await metricValue(url, "process_resident_memory_bytes")]);
+        if (n % 40 === 0) memory.push([n, await metricValue(url, "process_memory_usage")]);
       }
     }));
     // Every request, finished or left, is released, and the left ones' work was cancelled: the server goes

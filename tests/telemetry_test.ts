@@ -10,14 +10,28 @@ interface OtlpSpan {
   links?: { traceId: string; spanId: string }[];
 }
 
-/** A loopback OTLP/HTTP (JSON) receiver that keeps every span it is sent. */
+interface OtlpMetric {
+  name: string;
+  histogram?: { dataPoints: { attributes?: OtlpSpan["attributes"]; count: string | number }[] };
+}
+
+/** A loopback OTLP/HTTP (JSON) receiver that keeps every span and metric it is sent. */
 function startReceiver() {
   const spans: OtlpSpan[] = [];
+  const metrics: OtlpMetric[] = [];
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, async (req) => {
-    if (req.method === "POST" && new URL(req.url).pathname === "/v1/traces") {
+    const path = new URL(req.url).pathname;
+    if (req.method === "POST" && path === "/v1/traces") {
       const body = await req.json();
       for (const rs of body.resourceSpans ?? []) {
         for (const ss of rs.scopeSpans ?? []) spans.push(...ss.spans);
+      }
+      return Response.json({});
+    }
+    if (req.method === "POST" && path === "/v1/metrics") {
+      const body = await req.json();
+      for (const rm of body.resourceMetrics ?? []) {
+        for (const sm of rm.scopeMetrics ?? []) metrics.push(...sm.metrics);
       }
       return Response.json({});
     }
@@ -25,6 +39,7 @@ function startReceiver() {
   });
   return {
     spans,
+    metrics,
     url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`,
     close: () => server.shutdown(),
   };
@@ -80,4 +95,33 @@ Deno.test("telemetry: one /generate exports its span tree over OTLP to a loopbac
     await main.stop();
     await receiver.close();
   }
+});
+
+Deno.test("telemetry: metrics go out over OTLP too (HTTP server duration by route, batched runs), flushed at shutdown", async () => {
+  const receiver = startReceiver();
+  const main = await spawnMain({
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+    OTEL_SERVICE_NAME: "telemetry-test",
+  });
+  try {
+    const res = await post(`${main.url}/generate`, {
+      prompt: "a small red circle on a blue background",
+      steps: 3,
+    });
+    assertEquals(res.status, 200);
+    await res.body?.cancel();
+  } finally {
+    await main.stop(); // SIGTERM: the server drains and its metrics flush
+    await receiver.close();
+  }
+  const duration = receiver.metrics.filter((m) => m.name === "http.server.request.duration");
+  const points = duration.flatMap((m) => m.histogram?.dataPoints ?? []);
+  const generate = points.filter((p) =>
+    p.attributes?.some((a) => a.key === "http.route" && Object.values(a.value)[0] === "/generate")
+  );
+  assert(generate.length > 0 && Number(generate.at(-1)!.count) === 1, JSON.stringify(points).slice(0, 500));
+  assert(
+    receiver.metrics.some((m) => m.name === "sd.unet.batch.rows"),
+    receiver.metrics.map((m) => m.name).join(),
+  );
 });

@@ -9,7 +9,7 @@
  * run and fail with it instead, so CI cannot skip them silently.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { pixels, post, spawnMain, webgpuUnavailable } from "./helpers.ts";
+import { metricValue, pixels, post, spawnMain, webgpuUnavailable } from "./helpers.ts";
 import { maxAbsDifference } from "../tools/parity.ts";
 import { decodeLatent } from "../pipeline/latent_codec.ts";
 
@@ -62,9 +62,8 @@ interface Outcome {
   reconstruction: Uint8Array;
 }
 
-async function unetRuns(url: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  return Number(text.match(/^sd_unet_batch_rows_count (\d+)/m)![1]);
+function unetRuns(url: string): Promise<number> {
+  return metricValue(url, "sd_unet_batch_rows_count");
 }
 
 async function generate(url: string, lora?: unknown, steps = STEPS) {
