@@ -33,7 +33,7 @@ export interface BatchOptions {
 /** Estimated peak bytes of one run of `rows` rows shaped like `feeds`. */
 export type RunBytes = (rows: number, feeds: Feeds) => number;
 
-export interface CallOptions {
+export interface CallOptions<Row = never> {
   key?: string;
   signal?: AbortSignal;
   /** The request span this call serves: the run's span links to it. */
@@ -41,10 +41,10 @@ export interface CallOptions {
   /** A value recorded in the run's span, e.g. the timestep (set of distinct values). */
   tag?: number;
   /** Per-row data for the run function that is not a tensor (e.g. each row's LoRA adapters). */
-  rowData?: readonly unknown[];
+  rowData?: readonly Row[];
 }
 
-interface PendingCall extends CallOptions {
+interface PendingCall<Row> extends CallOptions<Row> {
   feeds: Feeds;
   rows: number;
   arrived: number;
@@ -59,22 +59,23 @@ export interface RunStats {
 }
 
 /** Runs the model on concatenated feeds; `rowData` lists each row's per-row data (or undefined). */
-export type RunFn = (feeds: Feeds, rowData: readonly unknown[]) => Promise<Feeds>;
+export type RunFn<Row = never> = (feeds: Feeds, rowData: readonly (Row | undefined)[]) => Promise<Feeds>;
 
 /** Told about every finished run: its rows and its duration. */
 export type RunObserver = (rows: number, seconds: number) => void;
 
-export class Batcher {
+/** `Row`: the per-row data its calls carry beside their tensors (none by default). */
+export class Batcher<Row = never> {
   readonly stats: RunStats = { runs: 0, rows: 0, calls: 0 };
   readonly observers: RunObserver[] = [];
-  #queue: PendingCall[] = [];
+  #queue: PendingCall<Row>[] = [];
   #running = false;
   #inFlight: Promise<void> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly name: string,
-    private readonly run: RunFn,
+    private readonly run: RunFn<Row>,
     private readonly options: BatchOptions,
     private readonly runBytes?: RunBytes,
   ) {}
@@ -94,7 +95,7 @@ export class Batcher {
     while (this.#inFlight) await this.#inFlight;
   }
 
-  submit(feeds: Feeds, options: CallOptions = {}): Promise<Feeds> {
+  submit(feeds: Feeds, options: CallOptions<Row> = {}): Promise<Feeds> {
     options.signal?.throwIfAborted();
     const rows = Object.values(feeds)[0].dims[0];
     return new Promise<Feeds>((resolve, reject) => {
@@ -120,9 +121,9 @@ export class Batcher {
     });
   }
 
-  #takeBatch(): PendingCall[] {
+  #takeBatch(): PendingCall<Row>[] {
     const key = this.#queue[0].key;
-    const batch: PendingCall[] = [];
+    const batch: PendingCall<Row>[] = [];
     let rows = 0;
     for (const call of this.#queue) {
       if (call.key !== key) continue;
@@ -156,7 +157,7 @@ export class Batcher {
     });
   }
 
-  async #execute(batch: PendingCall[]): Promise<void> {
+  async #execute(batch: PendingCall<Row>[]): Promise<void> {
     const rows = batch.reduce((n, c) => n + c.rows, 0);
     const tags = [...new Set(batch.map((c) => c.tag).filter((t) => t !== undefined))];
     const links: Link[] = batch.filter((c) => c.span).map((c) => ({ context: c.span!.spanContext() }));
@@ -184,9 +185,11 @@ export class Batcher {
   }
 
   /** One `run` over the calls' concatenated rows; each call resolved with its own rows. */
-  async #runAndResolve(batch: PendingCall[], rows: number): Promise<void> {
+  async #runAndResolve(batch: PendingCall<Row>[], rows: number): Promise<void> {
     const started = performance.now();
-    const rowData = batch.flatMap((c) => c.rowData ?? new Array(c.rows).fill(undefined));
+    const rowData = batch.flatMap((c): readonly (Row | undefined)[] =>
+      c.rowData ?? new Array(c.rows).fill(undefined)
+    );
     const outputs = await this.run(
       batch.length === 1 ? batch[0].feeds : concatFeeds(batch.map((c) => c.feeds)),
       rowData,

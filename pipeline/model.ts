@@ -133,7 +133,7 @@ function dimOf(session: ort.InferenceSession, input: string, axis: number): numb
 }
 
 type Sessions = DiffusionModel["sessions"];
-type Runners = Record<"textEncoder" | "unet" | "vaeDecoder", RunFn> & { vaeEncoder?: RunFn };
+type Runners = Record<"textEncoder" | "vaeDecoder", RunFn> & { unet: RunFn<RowAdapters>; vaeEncoder?: RunFn };
 
 /** Opens every graph of the model on one provider, checks it, and builds its batchers. */
 async function openModel(directory: string, name: string, options: ModelOptions, provider: string) {
@@ -186,10 +186,10 @@ async function openModel(directory: string, name: string, options: ModelOptions,
     canEncodeImages: vaeEncoder !== undefined,
   };
   /** Runs a session on pipeline feeds (see session_io.ts), converted at its edge. */
-  const runner = (
+  const runner = <Row = never>(
     s: ort.InferenceSession,
-    extra: (rowData: readonly unknown[]) => Feeds = () => ({}),
-  ): RunFn => {
+    extra: (rowData: readonly (Row | undefined)[]) => Feeds = () => ({}),
+  ): RunFn<Row> => {
     const specs = inputSpecs(s);
     return async (feeds, rowData) =>
       fromOutputs(await s.run({ ...toInputs(feeds, specs), ...extra(rowData) }) as Feeds);
@@ -197,7 +197,7 @@ async function openModel(directory: string, name: string, options: ModelOptions,
   const packed = new PackedLoraCache(lora.targets, unetSpecs);
   const runners: Runners = {
     textEncoder: runner(textEncoder),
-    unet: runner(unet, (rowData) => packed.feeds(rowData.map((r) => (r as RowAdapters | undefined) ?? []))),
+    unet: runner<RowAdapters>(unet, (rowData) => packed.feeds(rowData.map((r) => r ?? []))),
     vaeDecoder: runner(vaeDecoder),
     vaeEncoder: vaeEncoder && runner(vaeEncoder),
   };
@@ -231,7 +231,7 @@ async function openModel(directory: string, name: string, options: ModelOptions,
     return costs?.[graph] ? runBytes(costs[graph]!, rows, (h / scale) * (w / scale)) : 0;
   };
   /** The runner, handing the freed memory of a large run back to the system right after it. */
-  const releasing = (run: RunFn, bytes: RunBytes): RunFn => async (feeds, rowData) => {
+  const releasing = <Row>(run: RunFn<Row>, bytes: RunBytes): RunFn<Row> => async (feeds, rowData) => {
     const out = await run(feeds, rowData);
     if (bytes(rowData.length, feeds) > RELEASE_AFTER_BYTES) releaseFreedMemory();
     return out;
@@ -372,7 +372,10 @@ export class DiffusionModel {
     readonly sessions: Record<"textEncoder" | "unet" | "vaeDecoder", ort.InferenceSession> & {
       vaeEncoder?: ort.InferenceSession;
     },
-    readonly batchers: Record<"textEncoder" | "unet" | "vaeDecoder", Batcher> & { vaeEncoder?: Batcher },
+    readonly batchers: Record<"textEncoder" | "vaeDecoder", Batcher> & {
+      unet: Batcher<RowAdapters>;
+      vaeEncoder?: Batcher;
+    },
     /** The attention projections that take per-row LoRA inputs. */
     readonly loraTargets: LoraTarget[],
     /** Bytes a model run may add, and what runs cost (measured at start). */
@@ -498,7 +501,8 @@ export class DiffusionModel {
 
   /** Releases the sessions once no batched run is executing on them. */
   async release(): Promise<void> {
-    await Promise.all(Object.values(this.batchers).filter((b): b is Batcher => !!b).map((b) => b.idle()));
+    const batchers: (Batcher | Batcher<RowAdapters> | undefined)[] = Object.values(this.batchers);
+    await Promise.all(batchers.map((b) => b?.idle()));
     await releaseSessions(this.sessions);
   }
 }

@@ -7,8 +7,8 @@ const OPTIONS: BatchOptions = { maxRows: 64, maxWaitMs: 0, enabled: true };
 
 /** A fake model: y = 2x per row; a row whose data is "bad" fails the whole run, as a packing error would. */
 function fakeModel() {
-  const runs: { rows: number; rowData: readonly unknown[] }[] = [];
-  const run = (feeds: Feeds, rowData: readonly unknown[]) => {
+  const runs: { rows: number; rowData: readonly (string | undefined)[] }[] = [];
+  const run = (feeds: Feeds, rowData: readonly (string | undefined)[]) => {
     runs.push({ rows: feeds.x.dims[0], rowData });
     if (rowData.includes("bad")) return Promise.reject(new Error("bad row"));
     const x = feeds.x.data as Float32Array;
