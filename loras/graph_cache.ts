@@ -8,7 +8,7 @@
 import { dirname, join } from "node:path";
 import { addLoraInputs, type LoraTarget, REWRITE_VERSION } from "./graph_rewrite.ts";
 
-async function sha256Hex(bytes: Uint8Array): Promise<string> {
+export async function sha256Hex(bytes: Uint8Array): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }

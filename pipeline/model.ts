@@ -16,7 +16,7 @@ import {
 import { ClipTokenizer } from "./tokenizer.ts";
 import type { ScheduleConfig } from "./scheduler.ts";
 import { type ProviderChoice, type ProviderSelection, selectProvider } from "./execution_provider.ts";
-import { loraGraph } from "../loras/graph_cache.ts";
+import { loraGraph, sha256Hex } from "../loras/graph_cache.ts";
 import type { LoraTarget } from "../loras/graph_rewrite.ts";
 import { compositionKey, packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
 import {
@@ -341,12 +341,7 @@ async function cachedCosts(
     const stat = await Deno.stat(`${directory}/${graph}/model.onnx`).catch(() => undefined);
     parts.push(`${graph}:${stat?.size}:${stat?.mtime?.getTime()}`);
   }
-  const key = Array.from(
-    new Uint8Array(
-      await crypto.subtle.digest("SHA-256", new TextEncoder().encode(`v1|${directory}|${parts}`)),
-    ),
-    (b) => b.toString(16).padStart(2, "0"),
-  ).join("");
+  const key = await sha256Hex(new TextEncoder().encode(`v1|${directory}|${parts}`));
   const path = `${cacheDir}/run-costs/${key}.json`;
   const cached = await readJson(path);
   if (cached) return cached;

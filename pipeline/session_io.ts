@@ -5,8 +5,9 @@
  * one for the batch ([] or [1]). Each batched run is converted once, at the session's edge.
  */
 import * as ort from "onnxruntime-node";
+import type { Feeds } from "./batcher.ts";
 
-export type Feeds = Record<string, ort.Tensor>;
+export type { Feeds };
 
 export interface InputSpec {
   type: ort.Tensor.Type;

@@ -105,19 +105,7 @@ export function generateRequestSchema(limits: Limits, native: NativeSize) {
     if (body.strength !== undefined && body.image === undefined) {
       ctx.addIssue({ code: "custom", path: ["strength"], message: "strength goes with an image (img2img)" });
     }
-    const pixels = body.width * body.height * body.num_images;
-    if (pixels > limits.maxPixels) {
-      ctx.addIssue({
-        code: "too_big",
-        origin: "number",
-        maximum: limits.maxPixels,
-        inclusive: true,
-        path: [body.width >= body.height ? "width" : "height"],
-        message: `width x height x num_images is ${pixels} pixels; the limit is ${limits.maxPixels}`,
-      });
-      return;
-    }
-    checkMemory(limits, ctx, body, rowsFor(body.guidance_scale), body.num_images);
+    checkWork(limits, ctx, body, rowsFor(body.guidance_scale), body.num_images);
   });
 }
 
@@ -158,26 +146,36 @@ const sizeFields = {
   height: side.optional().describe("Pixels, a multiple of 8; default: the model's native height."),
 };
 
-/** width x height within the pixel cap, for the routes whose size is optional. */
-function checkSize(limits: Limits) {
-  return (body: { width?: number; height?: number }, ctx: z.RefinementCtx) => {
-    if (
-      body.width !== undefined && body.height !== undefined && body.width * body.height > limits.maxPixels
-    ) {
-      const pixels = body.width * body.height;
-      ctx.addIssue({
-        code: "too_big",
-        origin: "number",
-        maximum: limits.maxPixels,
-        inclusive: true,
-        path: [body.width >= body.height ? "width" : "height"],
-        message: `width x height is ${pixels} pixels; the limit is ${limits.maxPixels}`,
-      });
-      return;
-    }
-    checkMemory(limits, ctx, body, 2);
-  };
+/**
+ * The pixel cap (width x height x images, where the size is given), then the memory budget: one check
+ * of a request's whole work for every route.
+ */
+function checkWork(
+  limits: Limits,
+  ctx: z.RefinementCtx,
+  size: { width?: number; height?: number },
+  rowsPerImage: number,
+  images = 1,
+) {
+  const { width, height } = size;
+  if (width !== undefined && height !== undefined && width * height * images > limits.maxPixels) {
+    ctx.addIssue({
+      code: "too_big",
+      origin: "number",
+      maximum: limits.maxPixels,
+      inclusive: true,
+      path: [width >= height ? "width" : "height"],
+      message: `width x height${images > 1 ? " x num_images" : ""} is ${width * height * images} pixels; ` +
+        `the limit is ${limits.maxPixels}`,
+    });
+    return;
+  }
+  checkMemory(limits, ctx, size, rowsPerImage, images);
 }
+
+/** The same check for the routes whose size is optional (one image, guided: 2 rows). */
+const checkSize = (limits: Limits) => (body: { width?: number; height?: number }, ctx: z.RefinementCtx) =>
+  checkWork(limits, ctx, body, 2);
 
 /** Pixels of the image a latent decodes to. */
 const latentPixels = (latent: { shape: number[] }) => ({

@@ -10,8 +10,11 @@ import { pixels, post, withServer } from "./helpers.ts";
 const PROMPT = "a large red circle on a blue background";
 const SMOOTH = "smooth-diffusion/tiny-sd-shapes-smooth-lora";
 
-/** StableDiffusionTxt2ImgProcessingAPI with every field at its default (pydantic's None is null). */
-const TXT2IMG_DEFAULTS = {
+/**
+ * The fields StableDiffusionTxt2ImgProcessingAPI and StableDiffusionImg2ImgProcessingAPI share (both
+ * derive from the same processing class), each at its default (pydantic's None is null).
+ */
+const SHARED_DEFAULTS = {
   prompt: "",
   negative_prompt: "",
   styles: null,
@@ -33,7 +36,6 @@ const TXT2IMG_DEFAULTS = {
   do_not_save_samples: false,
   do_not_save_grid: false,
   eta: null,
-  denoising_strength: null,
   s_min_uncond: null,
   s_churn: null,
   s_tmax: null,
@@ -46,6 +48,20 @@ const TXT2IMG_DEFAULTS = {
   disable_extra_networks: false,
   firstpass_image: null,
   comments: null,
+  force_task_id: null,
+  sampler_index: "Euler",
+  script_name: null,
+  script_args: [],
+  send_images: true,
+  save_images: false,
+  alwayson_scripts: {},
+  infotext: null,
+};
+
+/** StableDiffusionTxt2ImgProcessingAPI with every field at its default. */
+const TXT2IMG_DEFAULTS = {
+  ...SHARED_DEFAULTS,
+  denoising_strength: null,
   enable_hr: false,
   firstphase_width: 0,
   firstphase_height: 0,
@@ -59,52 +75,12 @@ const TXT2IMG_DEFAULTS = {
   hr_scheduler: null,
   hr_prompt: "",
   hr_negative_prompt: "",
-  force_task_id: null,
-  sampler_index: "Euler",
-  script_name: null,
-  script_args: [],
-  send_images: true,
-  save_images: false,
-  alwayson_scripts: {},
-  infotext: null,
 };
 
 /** StableDiffusionImg2ImgProcessingAPI with every field at its default. */
 const IMG2IMG_DEFAULTS = {
-  prompt: "",
-  negative_prompt: "",
-  styles: null,
-  seed: -1,
-  subseed: -1,
-  subseed_strength: 0,
-  seed_resize_from_h: -1,
-  seed_resize_from_w: -1,
-  sampler_name: null,
-  scheduler: null,
-  batch_size: 1,
-  n_iter: 1,
-  steps: 50,
-  cfg_scale: 7.0,
-  width: 512,
-  height: 512,
-  restore_faces: null,
-  tiling: null,
-  do_not_save_samples: false,
-  do_not_save_grid: false,
-  eta: null,
+  ...SHARED_DEFAULTS,
   denoising_strength: 0.75,
-  s_min_uncond: null,
-  s_churn: null,
-  s_tmax: null,
-  s_tmin: null,
-  s_noise: null,
-  override_settings: null,
-  override_settings_restore_afterwards: true,
-  refiner_checkpoint: null,
-  refiner_switch_at: null,
-  disable_extra_networks: false,
-  firstpass_image: null,
-  comments: null,
   init_images: null,
   resize_mode: 0,
   image_cfg_scale: null,
@@ -119,15 +95,7 @@ const IMG2IMG_DEFAULTS = {
   inpainting_mask_invert: 0,
   initial_noise_multiplier: null,
   latent_mask: null,
-  force_task_id: null,
-  sampler_index: "Euler",
   include_init_images: false,
-  script_name: null,
-  script_args: [],
-  send_images: true,
-  save_images: false,
-  alwayson_scripts: {},
-  infotext: null,
 };
 
 /** The client's own choices over the defaults: the tiny model's 64 x 64 and few steps, to be quick. */
