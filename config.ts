@@ -51,6 +51,7 @@ const schema = z.object({
   LORA_BUNDLED_CACHE: z.string().optional(),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
   OTEL_SERVICE_NAME: z.string().default("smooth-diffusion-server"),
+  ENGINE_FAULT_INJECTION: flag(false),
 });
 
 /** Every environment variable the server reads. */
@@ -92,6 +93,8 @@ export interface Config {
   /** The server's own cache (the LoRA-rewritten UNet graphs). */
   cacheDir: string;
   telemetry: { otlpEndpoint?: string; serviceName: string };
+  /** Testing only: lets the engine be told to fail as a bug would, to exercise its restart. */
+  engineFaultInjection: boolean;
 }
 
 export function loadConfig(env: Record<string, string | undefined> = Deno.env.toObject()): Config {
@@ -144,5 +147,6 @@ export function loadConfig(env: Record<string, string | undefined> = Deno.env.to
     },
     cacheDir: e.CACHE_DIR ?? `${env.XDG_CACHE_HOME ?? `${env.HOME ?? "."}/.cache`}/smooth-diffusion`,
     telemetry: { otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT, serviceName: e.OTEL_SERVICE_NAME },
+    engineFaultInjection: e.ENGINE_FAULT_INJECTION,
   };
 }

@@ -1,57 +1,36 @@
-/** Builds the running server from a configuration: model, app, HTTP listener, telemetry. */
+/** Builds the running server from a configuration: the model's engine (a worker), the app, the HTTP listener, telemetry. */
 import { createApp } from "./routes/app.ts";
-import { DiffusionModel } from "./pipeline/model.ts";
-import { resolveModel } from "./pipeline/model_source.ts";
+import { EngineClient } from "./engine/client.ts";
 import { setupTelemetry } from "./telemetry.ts";
-import { AdapterRegistry } from "./loras/registry.ts";
 import type { Config } from "./config.ts";
 
 export interface RunningServer {
   url: string;
-  model: DiffusionModel;
-  adapters: AdapterRegistry;
+  engine: EngineClient;
   close(): Promise<void>;
-}
-
-/** The configured model, loaded, and the adapter registry for its LoRA targets (server and tools). */
-export async function loadServing(config: Config) {
-  const location = await resolveModel(config.model, config.hub);
-  const model = await DiffusionModel.load(location.directory, location.name, {
-    batch: config.batch,
-    memoryBudgetBytes: config.memoryBudgetBytes,
-    executionProvider: config.executionProvider,
-    cacheDir: config.cacheDir,
-  });
-  const adapters = new AdapterRegistry(new Map(model.loraTargets.map((t) => [t.module, t])), {
-    ...config.hub,
-    ...config.adapters,
-    maxAdapterBytes: config.adapters.maxBytes,
-  });
-  return { location, model, adapters };
 }
 
 export async function startServer(config: Config, options: { quiet?: boolean } = {}): Promise<RunningServer> {
   const stopTelemetry = setupTelemetry(config.telemetry);
-  const { location, model, adapters } = await loadServing(config);
+  const engine = await EngineClient.start(config, { faultInjection: config.engineFaultInjection });
   let draining = false;
-  const { app, requests, close: closeApp } = createApp({ model, adapters, config, ready: () => !draining });
+  const { app, requests, close: closeApp } = createApp({ engine, config, draining: () => draining });
   const server = Deno.serve({
     port: config.port,
     hostname: config.host,
     onListen: ({ hostname, port }) => {
-      if (!options.quiet) console.log(`serving ${location.name} on http://${hostname}:${port}`);
+      if (!options.quiet) console.log(`serving ${engine.info.name} on http://${hostname}:${port}`);
     },
   }, app.fetch);
   const { hostname, port } = server.addr as Deno.NetAddr;
   return {
     url: `http://${hostname === "0.0.0.0" ? "127.0.0.1" : hostname}:${port}`,
-    model,
-    adapters,
+    engine,
     /**
      * Graceful stop: readiness turns 503 and new work is refused with 503 for the drain delay (so
      * load balancers move away), then the listener closes and in-flight requests finish, up to
-     * the shutdown deadline. Past it, their work is stopped (they get 503) and the model is
-     * released once it has ended: a batched run in progress finishes first.
+     * the shutdown deadline. Past it, their work is stopped (they get 503) and the engine is
+     * closed once it has ended: a batched run in progress finishes first.
      */
     async close() {
       draining = true;
@@ -59,11 +38,11 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       if (!await within(server.shutdown(), config.shutdown.timeoutMs)) {
         requests.stopAll();
         if (!await within(requests.ended(), config.shutdown.timeoutMs)) {
-          console.error(`shutdown: ${requests.size} requests still running; releasing the model anyway`);
+          console.error(`shutdown: ${requests.size} requests still running; stopping the engine anyway`);
         }
       }
       await closeApp();
-      await model.release();
+      await engine.close();
       await stopTelemetry();
     },
   };

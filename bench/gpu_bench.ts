@@ -12,7 +12,7 @@
  * In order, while the budget lasts (what it cuts is listed in the results, never overrun):
  *  1. the models (tools/make_sd15.ts, cached) and their LoRA-rewritten UNet graphs (loras/graph_cache.ts),
  *     while PyTorch eager runs on the GPU (training/torch_unet_bench.py; ONNX export is CPU work);
- *  2. ms per UNet `session.run` of the served UNet session (server.ts loadServing: the LoRA graph, zero
+ *  2. ms per UNet `session.run` of the served UNet session (engine/load.ts loadServing: the LoRA graph, zero
  *     adapters as loras/pack.ts packs them, feeds converted at the session's edge) for each variant and
  *     row count: warm-up runs excluded, median of `runs`;
  *  3. served POST /generate images/s, main.ts in a child process (MODEL, EXECUTION_PROVIDER), batching on
@@ -89,7 +89,7 @@ async function unetChild(modelDir: string, graph: "lora" | "plain", deadline: nu
   let hidden: number;
   let release: () => Promise<void>;
   if (graph === "lora") {
-    const { loadServing } = await import("../server.ts");
+    const { loadServing } = await import("../engine/load.ts");
     const config = loadConfig({ ...Deno.env.toObject(), MODEL: modelDir, EXECUTION_PROVIDER: provider });
     const { model } = await loadServing(config);
     session = model.sessions.unet;

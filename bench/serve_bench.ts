@@ -14,6 +14,7 @@ import { median } from "./stats.ts";
 import { closedLoop } from "./clients.ts";
 import { loadConfig } from "../config.ts";
 import { startServer } from "../server.ts";
+import { loadServing } from "../engine/load.ts";
 import { gaussianNoise } from "../pipeline/rng.ts";
 import { packLoraFeeds } from "../loras/pack.ts";
 
@@ -50,7 +51,7 @@ async function rawUnet(
 ): Promise<number> {
   // The server's own UNet session: the LoRA-ready graph, fed no adapters, as the server feeds it.
   const feeds = {
-    ...packLoraFeeds(servers.batched.model.loraTargets, new Array(rows).fill([])),
+    ...packLoraFeeds(ceilingModel.loraTargets, new Array(rows).fill([])),
     sample: new ort.Tensor("float32", gaussianNoise(1, rows * 4 * 8 * 8), [rows, 4, 8, 8]),
     timestep: new ort.Tensor("int64", new BigInt64Array(rows).fill(500n), [rows]),
     encoder_hidden_states: new ort.Tensor("float32", gaussianNoise(2, rows * 77 * hidden), [
@@ -82,8 +83,10 @@ const servers = {
     { quiet: true },
   ),
 };
-const unet = servers.batched.model.sessions.unet;
-const hidden = servers.batched.model.info.hiddenSize;
+// The ceiling's own copy of the served model (the servers' engines run in their workers).
+const { model: ceilingModel } = await loadServing(loadConfig({ MODEL: modelDir }));
+const unet = ceilingModel.sessions.unet;
+const hidden = ceilingModel.info.hiddenSize;
 
 const rows: string[] = [];
 const summary: Record<number, { batched: LevelResult; unbatched: LevelResult; ceiling: number }> = {};
@@ -124,6 +127,7 @@ for (const level of levels) {
 }
 await servers.batched.close();
 await servers.unbatched.close();
+await ceilingModel.release();
 
 console.log(
   `\nPOST /generate, ${steps} DDIM steps, guidance 7.5, 64x64, ${modelDir.split("/").pop()}; ` +

@@ -23,6 +23,41 @@ export interface CostCurve {
  */
 export const ESTIMATE_MARGIN = 1.25;
 
+/** The graphs whose cost grows with the image. */
+export type ImageGraph = "unet" | "vaeDecoder" | "vaeEncoder";
+
+export interface MemoryPlan {
+  budgetBytes: number;
+  /** Measured per graph; undefined where the system does not report peak memory (no budget then). */
+  costs?: Partial<Record<ImageGraph, CostCurve>>;
+}
+
+/** Pixels per latent position along each side. */
+const VAE_FACTOR = 8;
+
+/**
+ * The largest single model run a request makes: `unetRows` UNet rows and `imageRows` VAE rows at
+ * width x height pixels. Undefined when it fits the memory budget (or none is enforced), else the
+ * bytes it needs.
+ */
+export function runTooLarge(
+  memory: MemoryPlan,
+  width: number,
+  height: number,
+  unetRows: number,
+  imageRows: number,
+): number | undefined {
+  const { costs, budgetBytes } = memory;
+  if (!costs) return undefined;
+  const positions = (width / VAE_FACTOR) * (height / VAE_FACTOR);
+  const needed = Math.max(
+    costs.unet ? runBytes(costs.unet, unetRows, positions) : 0,
+    costs.vaeDecoder ? runBytes(costs.vaeDecoder, imageRows, positions) : 0,
+    costs.vaeEncoder ? runBytes(costs.vaeEncoder, imageRows, positions) : 0,
+  );
+  return needed > budgetBytes ? needed : undefined;
+}
+
 /** The curve's bytes for `rows` rows at `positions`, with the estimate's margin. */
 export function runBytes(curve: CostCurve, rows: number, positions: number): number {
   return ESTIMATE_MARGIN * (rows * (curve.a * positions ** 2 + curve.b * positions) + curve.c);

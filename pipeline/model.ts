@@ -22,12 +22,16 @@ import { compositionKey, packLoraFeeds, type RowAdapters } from "../loras/pack.t
 import {
   type CostCurve,
   fitCurve,
+  type ImageGraph,
   machineMemoryBytes,
   measurePeak,
+  type MemoryPlan,
   releaseFreedMemory,
   residentBytes,
   runBytes,
+  runTooLarge,
 } from "./cost.ts";
+export type { MemoryPlan };
 import {
   floatPrecision,
   fromOutputs,
@@ -63,15 +67,6 @@ const RELEASE_AFTER_BYTES = 64 * 2 ** 20;
 
 /** Share of the machine's memory that one run may take (less what the server holds after loading). */
 export const DEFAULT_BUDGET_SHARE = 0.5;
-
-/** The graphs whose cost grows with the image. */
-type ImageGraph = "unet" | "vaeDecoder" | "vaeEncoder";
-
-export interface MemoryPlan {
-  budgetBytes: number;
-  /** Measured per graph; undefined where the system does not report peak memory (no budget then). */
-  costs?: Partial<Record<ImageGraph, CostCurve>>;
-}
 
 export interface ModelOptions {
   batch: BatchOptions;
@@ -379,21 +374,9 @@ export class DiffusionModel {
     readonly provider: ProviderSelection,
   ) {}
 
-  /**
-   * The largest single model run a request makes: `unetRows` UNet rows and `imageRows` VAE rows at
-   * width x height pixels. Undefined when it fits the memory budget (or none is enforced), else the
-   * bytes it needs.
-   */
+  /** See cost.ts `runTooLarge`. */
   runTooLarge(width: number, height: number, unetRows: number, imageRows: number): number | undefined {
-    const { costs, budgetBytes } = this.memory;
-    if (!costs) return undefined;
-    const positions = (width / VAE_FACTOR) * (height / VAE_FACTOR);
-    const needed = Math.max(
-      costs.unet ? runBytes(costs.unet, unetRows, positions) : 0,
-      costs.vaeDecoder ? runBytes(costs.vaeDecoder, imageRows, positions) : 0,
-      costs.vaeEncoder ? runBytes(costs.vaeEncoder, imageRows, positions) : 0,
-    );
-    return needed > budgetBytes ? needed : undefined;
+    return runTooLarge(this.memory, width, height, unetRows, imageRows);
   }
 
   /**

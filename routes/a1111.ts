@@ -15,11 +15,13 @@
  */
 import type { Context } from "hono";
 import { z } from "zod";
-import { ApiError, fromZodError } from "./errors.ts";
+import { ApiError, asApiError, fromZodError } from "./errors.ts";
 import { type GenerateNative, type OffRule, refuseUnlessOff, translateErrors } from "./compat.ts";
+
+/** An adapter file the Hub caches hold. */
+type CachedAdapter = { repo: string; revision: string; commit: string; file: string };
 import { isClientGone, isDeadline, isShutdown, SHUTDOWN_ERROR } from "./access.ts";
 import { listenProgress } from "./jobs.ts";
-import type { AdapterRegistry } from "../loras/registry.ts";
 
 type Body = Record<string, unknown>;
 type Kind = "txt2img" | "img2img";
@@ -231,7 +233,8 @@ interface Task {
 
 interface Deps {
   model: string;
-  registry: AdapterRegistry;
+  /** The adapters the Hub caches hold (the engine's registry reads them). */
+  cachedAdapters: () => Promise<CachedAdapter[]>;
   generate: GenerateNative;
 }
 
@@ -367,15 +370,15 @@ function extraNetworks(prompt: string, negative: string): { text: string; loras:
 }
 
 /** Short names: a repo's name in the Hub caches (as /sdapi/v1/loras lists them); `org/name`: a repo id. */
-async function loraSpecs(loras: LoraTag[], registry: AdapterRegistry) {
-  let cached: Awaited<ReturnType<AdapterRegistry["cachedAdapters"]>> | undefined;
+async function loraSpecs(loras: LoraTag[], cachedAdapters: () => Promise<CachedAdapter[]>) {
+  let cached: CachedAdapter[] | undefined;
   const specs: { repo: string; revision?: string; scale: number }[] = [];
   for (const { tag, name, weight } of loras) {
     if (name.includes("/")) {
       specs.push({ repo: name, scale: weight });
       continue;
     }
-    cached ??= await registry.cachedAdapters();
+    cached ??= await cachedAdapters();
     const matches = cached.filter((a) => a.repo.split("/")[1] === name);
     if (matches.length !== 1) {
       throw new ApiError(
@@ -436,7 +439,7 @@ export function a1111Routes(
   app: { get: (path: string, h: Handler) => unknown; post: (path: string, h: Handler) => unknown },
   deps: Deps,
 ) {
-  const { model, registry, generate } = deps;
+  const { model, cachedAdapters, generate } = deps;
   const tasks = new Set<Task>();
 
   const run = (kind: Kind) => (c: Context) =>
@@ -467,7 +470,7 @@ export function a1111Routes(
         if (body[key] !== undefined && body[key] !== null) native[key] = body[key];
       }
       if (body.seed !== undefined && body.seed !== null && body.seed !== -1) native.seed = body.seed;
-      if (applied.length) native.lora = await loraSpecs(applied, registry);
+      if (applied.length) native.lora = await loraSpecs(applied, cachedAdapters);
       if (kind === "img2img") {
         const images = body.init_images as string[] | null | undefined;
         if (!images?.length || images.length > 1) {
@@ -501,7 +504,8 @@ export function a1111Routes(
       try {
         result = await (await generate(c, native)).json();
       } catch (error) {
-        throw error instanceof ApiError ? renamed(error, body) : ended(c, error, task);
+        const known = asApiError(error);
+        throw known ? renamed(known, body) : ended(c, error, task);
       } finally {
         tasks.delete(task);
       }
@@ -654,7 +658,7 @@ export function a1111Routes(
       }]),
   );
   app.get("/sdapi/v1/loras", async (c) =>
-    c.json((await registry.cachedAdapters()).map((a) => ({
+    c.json((await cachedAdapters()).map((a) => ({
       name: a.repo.split("/")[1],
       alias: a.repo,
       path: `${a.repo}/${a.file}`,

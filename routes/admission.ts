@@ -35,4 +35,19 @@ export class Admission {
       this.#recentSeconds = 0.8 * this.#recentSeconds + 0.2 * (performance.now() - started) / 1000;
     };
   }
+
+  /**
+   * Admits a request (429 when full), then runs `prepare` under its slot: the request's own costly
+   * work before the engine's (decoding its images), so that it counts against the limit too. The
+   * slot is freed if `prepare` fails; otherwise by `release`.
+   */
+  async admit<P>(prepare: () => Promise<P>): Promise<{ prepared: P; release: () => void }> {
+    const release = this.acquire();
+    try {
+      return { prepared: await prepare(), release };
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
 }

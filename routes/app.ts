@@ -1,7 +1,7 @@
 /** The HTTP API: routing, validation, error mapping. Work is delegated to pipeline tasks. */
 import { Hono } from "hono";
 import type { z } from "zod";
-import { ApiError, errorBody, errorResponse, fromZodError } from "./errors.ts";
+import { ApiError, asApiError, errorBody, errorResponse, fromZodError } from "./errors.ts";
 import {
   apiKeys,
   corsFor,
@@ -21,7 +21,7 @@ import {
   interpolateRequestSchema,
   invertRequestSchema,
 } from "./schemas.ts";
-import { handleEdit, handleInterpolate, handleInvert, type ImageRouteDeps } from "./image_routes.ts";
+import { handleEdit, handleInterpolate, handleInvert, type TaskRouteDeps } from "./image_routes.ts";
 import { handleGenerate } from "./generate.ts";
 import { openAiRoutes } from "./openai.ts";
 import { a1111Routes } from "./a1111.ts";
@@ -29,8 +29,8 @@ import type { GenerateNative } from "./compat.ts";
 import { playground } from "./playground.ts";
 import { jobRoutes, JobStore, respondAsync } from "./jobs.ts";
 import { apiReferenceHtml, openApiDocument } from "./openapi.ts";
-import type { DiffusionModel } from "../pipeline/model.ts";
-import type { AdapterRegistry } from "../loras/registry.ts";
+import type { EngineClient } from "../engine/client.ts";
+import { runTooLarge } from "../pipeline/cost.ts";
 import type { Config } from "../config.ts";
 import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
@@ -51,11 +51,10 @@ const TASK_PATHS = [
 type Env = { Variables: { span: Span; signal: AbortSignal; leave: () => void; continues: () => () => void } };
 
 export interface AppServices {
-  model: DiffusionModel;
-  adapters: AdapterRegistry;
+  engine: EngineClient;
   config: Config;
-  /** Readiness: false while the server drains. */
-  ready: () => boolean;
+  /** True once the server has begun to shut down. */
+  draining: () => boolean;
 }
 
 async function readJson(c: { req: { json: () => Promise<unknown> } }): Promise<unknown> {
@@ -78,16 +77,17 @@ function validate<S extends z.ZodType>(schema: S, body: unknown, span: Span): Pr
 export function createApp(
   services: AppServices,
 ): { app: Hono<Env>; admission: Admission; requests: RequestWork; close: () => Promise<void> } {
-  const { model, config } = services;
+  const { engine, config } = services;
+  const { model, memory } = engine.info;
   const admission = new Admission(config.limits.maxConcurrentRequests);
   const requests = new RequestWork();
-  const native = { width: model.info.nativeWidth, height: model.info.nativeHeight };
+  const native = { width: model.nativeWidth, height: model.nativeHeight };
   const limits = {
     ...config.limits,
     // a size left out is the model's native one
     runTooLarge: (width: number, height: number, unetRows: number, imageRows: number) =>
-      model.runTooLarge(width || native.width, height || native.height, unetRows, imageRows),
-    memoryBudgetBytes: model.memory.budgetBytes,
+      runTooLarge(memory, width || native.width, height || native.height, unetRows, imageRows),
+    memoryBudgetBytes: memory.budgetBytes,
   };
   const schemas = {
     generate: generateRequestSchema(limits, native),
@@ -95,10 +95,9 @@ export function createApp(
     edit: editRequestSchema(limits),
     interpolate: interpolateRequestSchema(limits),
   };
-  const imageDeps: ImageRouteDeps = {
-    model,
+  const taskDeps: TaskRouteDeps = {
+    engine,
     admission,
-    registry: services.adapters,
     imageLimits: { maxBytes: config.limits.maxImageBytes, maxPixels: config.limits.maxInputPixels },
     maxPixels: config.limits.maxPixels,
   };
@@ -106,15 +105,14 @@ export function createApp(
 
   const metrics = new ServerMetrics(config.telemetry, {
     requestsInFlight: () => admission.active,
-    queueDepth: () => model.batchers.unet.pendingCalls,
-    adapters: () => ({ ...services.adapters.stats, bytes: services.adapters.bytes }),
+    queueDepth: () => engine.state.pendingCalls,
+    adapters: () => engine.state.adapters,
   });
   const observe = (rows: number, seconds: number) => metrics.recordRun(rows, seconds);
-  model.batchers.unet.observers.push(observe);
-  /** Detaches the app from the model (its run observer) and stops its metrics, for when the app is done. */
+  engine.runListeners.add(observe);
+  /** Detaches the app from the engine (its run listener) and stops its metrics, for when the app is done. */
   const close = () => {
-    const observers = model.batchers.unet.observers, at = observers.indexOf(observe);
-    if (at >= 0) observers.splice(at, 1);
+    engine.runListeners.delete(observe);
     return metrics.shutdown();
   };
   const routes = new RouteTable(app);
@@ -153,7 +151,8 @@ export function createApp(
   app.use("*", readBody(config.limits.maxBodyBytes, config.access.bodyReadTimeoutMs));
 
   app.onError((error, c) => {
-    if (error instanceof ApiError) return errorResponse(c, error);
+    const known = asApiError(error);
+    if (known) return errorResponse(c, known);
     if (isDeadline(c, error)) {
       return c.json(
         errorBody(
@@ -180,7 +179,7 @@ export function createApp(
   const jobs = new JobStore(config.jobs);
   for (const path of TASK_PATHS) {
     app.use(path, async (_c, next) => {
-      if (!services.ready()) {
+      if (services.draining()) {
         throw new ApiError(
           503,
           "draining",
@@ -197,43 +196,45 @@ export function createApp(
 
   app.post("/generate", async (c) => {
     const body = await validate(schemas.generate, await readJson(c), c.var.span);
-    return handleGenerate(c, model, body, c.var.span, admission, services.adapters, imageDeps.imageLimits);
+    return handleGenerate(c, taskDeps, body, c.var.span);
   });
 
   // The OpenAI and AUTOMATIC1111 APIs: requests translated into /generate's, run by the same code.
   const generateNative: GenerateNative = async (c, native) => {
     const body = await validate(schemas.generate, native, c.var.span);
-    return handleGenerate(
-      c,
-      model,
-      body,
-      c.var.span,
-      admission,
-      services.adapters,
-      imageDeps.imageLimits,
-      "application/json",
-    );
+    return handleGenerate(c, taskDeps, body, c.var.span, "application/json");
   };
-  openAiRoutes(app, model.info.name, generateNative);
-  a1111Routes(app, { model: model.info.name, registry: services.adapters, generate: generateNative });
+  openAiRoutes(app, engine.info.name, generateNative);
+  a1111Routes(app, {
+    model: engine.info.name,
+    cachedAdapters: () => engine.call("cachedAdapters", undefined),
+    generate: generateNative,
+  });
 
   app.post("/invert", async (c) => {
     const body = await validate(schemas.invert, await readJson(c), c.var.span);
-    return handleInvert(c, imageDeps, body, c.var.span);
+    return handleInvert(c, taskDeps, body, c.var.span);
   });
   app.post("/edit", async (c) => {
     const body = await validate(schemas.edit, await readJson(c), c.var.span);
-    return handleEdit(c, imageDeps, body, c.var.span);
+    return handleEdit(c, taskDeps, body, c.var.span);
   });
   app.post("/interpolate", async (c) => {
     const body = await validate(schemas.interpolate, await readJson(c), c.var.span);
-    return handleInterpolate(c, imageDeps, body, c.var.span);
+    return handleInterpolate(c, taskDeps, body, c.var.span);
   });
 
+  // Ready: not draining, and the engine is running (false while its worker restarts).
   const health = (c: any) => {
-    const ready = services.ready();
+    const draining = services.draining(), ready = !draining && engine.ready;
     return c.json(
-      { status: ready ? "ok" : "draining", live: true, ready, in_flight: admission.active },
+      {
+        status: ready ? "ok" : draining ? "draining" : "engine_starting",
+        live: true,
+        ready,
+        in_flight: admission.active,
+        engine_restarts: engine.restarts,
+      },
       ready ? 200 : 503,
     );
   };
@@ -244,31 +245,31 @@ export function createApp(
   app.get("/v1/models", (c) =>
     c.json({
       data: [{
-        id: model.info.name,
+        id: engine.info.name,
         object: "model",
-        native_width: model.info.nativeWidth,
-        native_height: model.info.nativeHeight,
-        latent_channels: model.info.latentChannels,
-        precision: model.info.precision,
+        native_width: model.nativeWidth,
+        native_height: model.nativeHeight,
+        latent_channels: model.latentChannels,
+        precision: model.precision,
         memory: {
-          budget_bytes: model.memory.budgetBytes,
-          enforced: model.memory.costs !== undefined,
-          run_cost: model.memory.costs,
+          budget_bytes: memory.budgetBytes,
+          enforced: memory.costs !== undefined,
+          run_cost: memory.costs,
         },
-        execution_provider: model.provider.provider,
+        execution_provider: engine.info.provider.provider,
         execution_provider_choice: config.executionProvider,
-        execution_providers_skipped: model.provider.skipped,
+        execution_providers_skipped: engine.info.provider.skipped,
         capabilities: {
           generate: true,
-          invert: model.info.canEncodeImages,
-          edit: model.info.canEncodeImages,
+          invert: model.canEncodeImages,
+          edit: model.canEncodeImages,
           interpolate: true,
-          image_input: model.info.canEncodeImages,
-          per_row_timestep: model.info.perRowTimestep,
+          image_input: model.canEncodeImages,
+          per_row_timestep: model.perRowTimestep,
           schedulers: ["ddim", "euler"],
         },
-        lora_targets: model.loraTargets.length,
-        adapters: services.adapters.loaded(),
+        lora_targets: engine.info.loraTargets,
+        adapters: engine.state.loadedAdapters,
       }],
     }));
 

@@ -5,7 +5,7 @@
  * and the errors back into its API's shapes.
  */
 import type { Context } from "hono";
-import { ApiError } from "./errors.ts";
+import { ApiError, asApiError } from "./errors.ts";
 
 /** Runs a native /generate body (already translated) and returns the native JSON reply. */
 export type GenerateNative = (c: Context, body: Record<string, unknown>) => Promise<Response>;
@@ -37,8 +37,8 @@ export function refuseUnlessOff(body: Record<string, unknown>, rules: Record<str
 }
 
 /**
- * Runs a translated route; an ApiError (the route's own, or one from the native validation and
- * handler) becomes the API's error body from `render`, with the error's status and headers.
+ * Runs a translated route; an ApiError (the route's own, or one from the native validation,
+ * handler or engine) becomes the API's error body from `render`, with the error's status and headers.
  */
 export async function translateErrors(
   c: Context,
@@ -47,8 +47,9 @@ export async function translateErrors(
 ): Promise<Response> {
   try {
     return await run();
-  } catch (error) {
-    if (!(error instanceof ApiError)) throw error;
+  } catch (thrown) {
+    const error = asApiError(thrown);
+    if (!error) throw thrown;
     for (const [name, value] of Object.entries(error.headers)) c.header(name, value);
     return c.json(render(error), error.status);
   }

@@ -2,6 +2,7 @@
 import type { Context } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { z } from "zod";
+import { EngineUnavailable, TaskError } from "../engine/errors.ts";
 
 /** The longest message and field an error carries: clients choose keys, paths and values of any size. */
 export const MAX_MESSAGE_CHARS = 1024;
@@ -117,4 +118,17 @@ export function fromZodError(error: z.ZodError): ApiError {
 export function errorResponse(c: Context, error: ApiError): Response {
   for (const [name, value] of Object.entries(error.headers)) c.header(name, value);
   return c.json(errorBody(error.code, error.message, error.field), error.status);
+}
+
+/**
+ * The client-facing error of a failure that has one: the request's own (ApiError), a task's
+ * (TaskError, from the engine) or the engine's absence (503, retry). Undefined for the server's faults.
+ */
+export function asApiError(error: unknown): ApiError | undefined {
+  if (error instanceof ApiError) return error;
+  if (error instanceof TaskError) return new ApiError(error.status, error.code, error.message, error.field);
+  if (error instanceof EngineUnavailable) {
+    return new ApiError(503, error.code, error.message, undefined, { "Retry-After": "1" });
+  }
+  return undefined;
 }

@@ -1,18 +1,12 @@
 /** POST /generate: JSON in; JSON, a raw image, or server-sent progress events out. */
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
-import { ApiError, errorBody } from "./errors.ts";
-import type { Admission } from "./admission.ts";
-import { startTask } from "./adapters.ts";
+import { ApiError, asApiError, errorBody } from "./errors.ts";
 import { clientLeft, isClientGone, isDeadline, isShutdown, SHUTDOWN_ERROR, workContinues } from "./access.ts";
-import type { AdapterRegistry } from "../loras/registry.ts";
 import type { GenerateRequest } from "./schemas.ts";
-import { generate, type GenerateResult } from "../pipeline/generate.ts";
-import { encodeImage, MIME_TYPES, type OutputFormat } from "../pipeline/image.ts";
+import { encodeImage, MIME_TYPES, type OutputFormat, type RgbImage } from "../pipeline/image.ts";
 import { randomSeed } from "../pipeline/rng.ts";
-import type { DiffusionModel } from "../pipeline/model.ts";
-import type { ImageLimits } from "../pipeline/image_input.ts";
-import { readImage } from "./image_routes.ts";
+import { adapterSpecs, readImage, type TaskRouteDeps } from "./image_routes.ts";
 import { jobProgress } from "./jobs.ts";
 import { inSpan, type Span } from "../telemetry.ts";
 
@@ -65,43 +59,67 @@ export function negotiate(accept: string | undefined, numImages: number): Reply 
   );
 }
 
-export async function encodeImages(result: GenerateResult, format: OutputFormat, span?: Span) {
+export async function encodeImages(
+  images: { image: RgbImage; seed: number }[],
+  format: OutputFormat,
+  span?: Span,
+) {
   return await inSpan("image.encode", span, () =>
-    Promise.all(result.images.map(async ({ image, seed }) => ({
+    Promise.all(images.map(async ({ image, seed }) => ({
       bytes: await encodeImage(image, format),
       seed,
       width: image.width,
       height: image.height,
-    }))), { format, images: result.images.length });
+    }))), { format, images: images.length });
+}
+
+/** The error event a stream ends with when its work fails. */
+function streamError(c: Context, error: unknown) {
+  if (isDeadline(c, error)) return errorBody("deadline_exceeded", "the request ran past its deadline");
+  if (isShutdown(c, error)) return errorBody(SHUTDOWN_ERROR.code, SHUTDOWN_ERROR.message);
+  const known = asApiError(error);
+  if (known) return errorBody(known.code, known.message, known.field);
+  console.error(error);
+  return errorBody("internal", "internal error");
 }
 
 export async function handleGenerate(
   c: Context,
-  model: DiffusionModel,
+  deps: TaskRouteDeps,
   body: GenerateRequest,
   span: Span,
-  admission: Admission,
-  registry: AdapterRegistry,
-  imageLimits: ImageLimits,
   accept = c.req.header("accept"),
 ) {
   const reply = negotiate(accept, body.num_images);
-  if (body.image !== undefined && !model.info.canEncodeImages) {
+  if (body.image !== undefined && !deps.engine.info.model.canEncodeImages) {
     throw new ApiError(400, "invalid_request", "image: this model has no VAE encoder for img2img", "image");
   }
   // img2img's image is decoded once admitted, like every uploaded image
-  const { adapters, release, prepared: initImage } = await startTask(
-    admission,
-    registry,
-    body.lora,
-    span,
-    () =>
-      body.image === undefined
-        ? Promise.resolve(undefined)
-        : readImage({ imageLimits }, "image", body.image, body.fit, body),
+  const { release, prepared: initImage } = await deps.admission.admit(() =>
+    body.image === undefined
+      ? Promise.resolve(undefined)
+      : readImage(deps, "image", body.image, body.fit, body)
   );
+  try {
+    return await respond(c, deps, body, span, reply, initImage, release);
+  } catch (error) {
+    release();
+    throw error;
+  }
+}
+
+/** Runs an admitted request and replies; `release` frees its slot once its work is over. */
+async function respond(
+  c: Context,
+  deps: TaskRouteDeps,
+  body: GenerateRequest,
+  span: Span,
+  reply: Reply,
+  initImage: RgbImage | undefined,
+  release: () => void,
+) {
   const seed = body.seed ?? randomSeed();
-  const params = {
+  const input = {
     prompt: body.prompt,
     negativePrompt: body.negative_prompt,
     width: body.width,
@@ -111,29 +129,26 @@ export async function handleGenerate(
     seed,
     scheduler: body.scheduler,
     numImages: body.num_images,
-    adapters: adapters.applied,
+    lora: adapterSpecs(body.lora),
     init: initImage && { image: initImage, strength: body.strength ?? 0.8 },
   };
   const { lora: _lora, image: _image, ...echoed } = body;
-  const parameters = {
-    ...echoed,
-    seed,
-    ...(params.init ? { strength: params.init.strength } : {}),
-    ...(adapters.report.length ? { lora: adapters.report } : {}),
-  };
   const signal: AbortSignal = c.get("signal") ?? c.req.raw.signal;
   const format = reply === "json" || reply === "sse" ? body.output_format : reply;
 
   const run = async (onProgress?: (step: number, total: number) => void) => {
     const started = performance.now();
-    const result = await generate(model, params, { signal, span, onProgress });
+    const result = await deps.engine.call("generate", input, { signal, span, onProgress });
     const encodeStart = performance.now();
-    const encoded = await encodeImages(result, format, span);
-    result.timings.image_encode_ms = Math.round((performance.now() - encodeStart) * 10) / 10;
-    result.timings.total_ms = Math.round((performance.now() - started) * 10) / 10;
-    return { encoded, timings: result.timings };
+    const encoded = await encodeImages(result.images, format, span);
+    const timings = {
+      ...result.timings,
+      image_encode_ms: Math.round((performance.now() - encodeStart) * 10) / 10,
+      total_ms: Math.round((performance.now() - started) * 10) / 10,
+    };
+    return { encoded, timings, adapters: result.adapters };
   };
-  const jsonBody = ({ encoded, timings }: Awaited<ReturnType<typeof run>>) => ({
+  const jsonBody = ({ encoded, timings, adapters }: Awaited<ReturnType<typeof run>>) => ({
     images: encoded.map((e) => ({
       data: e.bytes.toBase64(),
       seed: e.seed,
@@ -141,40 +156,47 @@ export async function handleGenerate(
       width: e.width,
       height: e.height,
     })),
-    parameters: { ...parameters, output_format: format },
+    parameters: {
+      ...echoed,
+      seed,
+      ...(input.init ? { strength: input.init.strength } : {}),
+      ...(adapters.length ? { lora: adapters } : {}),
+      output_format: format,
+    },
     timings,
   });
 
   if (reply === "sse") {
+    // The stream opens once the work is under way (its first step), so that a request the engine
+    // refuses (an adapter that cannot be had) still gets its status code.
+    const steps: { step: number; total: number }[] = [];
+    let wake = () => {};
+    const outcome = run((step, total) => {
+      steps.push({ step, total });
+      wake();
+    });
+    const started = new Promise<void>((resolve) => wake = resolve);
+    await Promise.race([started, outcome]);
     const done = workContinues(c); // the deadline holds until the stream ends
     return streamSSE(c, async (stream) => {
       stream.onAbort(() => clientLeft(c));
       try {
-        let writes = Promise.resolve();
-        const outcome = await run((step, total) => {
-          writes = writes.then(() =>
-            stream.writeSSE({ event: "progress", data: JSON.stringify({ step, total }) })
-          );
-        });
-        await writes;
-        await stream.writeSSE({ event: "result", data: JSON.stringify(jsonBody(outcome)) });
+        const sendSteps = async () => {
+          for (const progress of steps.splice(0)) {
+            await stream.writeSSE({ event: "progress", data: JSON.stringify(progress) });
+          }
+        };
+        let finished = false;
+        const result = outcome.finally(() => finished = true);
+        while (!finished) {
+          await sendSteps();
+          await Promise.race([new Promise<void>((resolve) => wake = resolve), result.catch(() => {})]);
+        }
+        await sendSteps();
+        await stream.writeSSE({ event: "result", data: JSON.stringify(jsonBody(await result)) });
       } catch (error) {
-        if (isDeadline(c, error)) {
-          await stream.writeSSE({
-            event: "error",
-            data: JSON.stringify(errorBody("deadline_exceeded", "the request ran past its deadline")),
-          });
-        } else if (isShutdown(c, error)) {
-          await stream.writeSSE({
-            event: "error",
-            data: JSON.stringify(errorBody(SHUTDOWN_ERROR.code, SHUTDOWN_ERROR.message)),
-          });
-        } else if (!isClientGone(c)) {
-          console.error(error);
-          await stream.writeSSE({
-            event: "error",
-            data: JSON.stringify(errorBody("internal", "internal error")),
-          });
+        if (!isClientGone(c)) {
+          await stream.writeSSE({ event: "error", data: JSON.stringify(streamError(c, error)) });
         }
       } finally {
         release();

@@ -2,34 +2,39 @@
 import type { Context } from "hono";
 import type { z } from "zod";
 import { ApiError } from "./errors.ts";
-import { startTask } from "./adapters.ts";
 import type { Admission } from "./admission.ts";
 import type {
   editRequestSchema,
   interpolateRequestSchema,
   invertRequestSchema,
   latentSchema,
+  loraFieldSchema,
 } from "./schemas.ts";
-import type { DiffusionModel } from "../pipeline/model.ts";
-import type { AdapterRegistry } from "../loras/registry.ts";
+import type { EngineClient } from "../engine/client.ts";
+import type { EndpointInput, Latent } from "../engine/tasks.ts";
+import type { AdapterSpec } from "../loras/registry.ts";
+import { runTooLarge } from "../pipeline/cost.ts";
 import { encodeImage, type OutputFormat, type RgbImage } from "../pipeline/image.ts";
 import { type FitMode, ImageInputError, type ImageLimits, readImageInput } from "../pipeline/image_input.ts";
 import { decodeLatent, encodeLatent, LatentError } from "../pipeline/latent_codec.ts";
-import { invertImage, invertToNoise } from "../pipeline/invert.ts";
-import { psnr, ssim } from "../pipeline/metrics.ts";
-import { edit } from "../pipeline/edit.ts";
-import { type Endpoint, interpolate } from "../pipeline/interpolate.ts";
-import { encodePrompts, initialNoise, type LatentShape, type TaskContext } from "../pipeline/generate.ts";
+import type { LatentShape } from "../pipeline/generate.ts";
 import { inSpan, type Span } from "../telemetry.ts";
 import sharp from "sharp";
 
-export interface ImageRouteDeps {
-  model: DiffusionModel;
+/** What the task routes use: the engine, admission, and the limits on uploaded images. */
+export interface TaskRouteDeps {
+  engine: EngineClient;
   admission: Admission;
-  registry: AdapterRegistry;
   imageLimits: ImageLimits;
   maxPixels: number;
 }
+
+/** A request's `lora` field as the engine takes it: a list, empty for none. */
+export function adapterSpecs(lora: z.infer<typeof loraFieldSchema>): AdapterSpec[] {
+  return lora === undefined ? [] : Array.isArray(lora) ? lora : [lora];
+}
+
+const signalOf = (c: Context): AbortSignal => c.get("signal") ?? c.req.raw.signal;
 
 const IMAGE_ERRORS = {
   undecodable: [400, "invalid_image"],
@@ -38,16 +43,16 @@ const IMAGE_ERRORS = {
 } as const;
 
 /** The requested pixel size, or the model's native one. */
-function sizeOf(deps: ImageRouteDeps, body: { width?: number; height?: number }) {
+function sizeOf(deps: TaskRouteDeps, body: { width?: number; height?: number }) {
   return {
-    width: body.width ?? deps.model.info.nativeWidth,
-    height: body.height ?? deps.model.info.nativeHeight,
+    width: body.width ?? deps.engine.info.model.nativeWidth,
+    height: body.height ?? deps.engine.info.model.nativeHeight,
   };
 }
 
 /** An uploaded image fitted to `size`, its faults mapped to 400, 413 and 415 naming `field`. */
 export async function readImage(
-  deps: Pick<ImageRouteDeps, "imageLimits">,
+  deps: Pick<TaskRouteDeps, "imageLimits">,
   field: string,
   text: string,
   fit: FitMode,
@@ -63,16 +68,16 @@ export async function readImage(
 }
 
 function readLatent(
-  deps: ImageRouteDeps,
+  deps: TaskRouteDeps,
   field: string,
   wire: z.infer<typeof latentSchema>,
-): { latent: Float32Array; shape: LatentShape } {
+): Latent {
   const [n, c, h, w] = wire.shape;
-  if (n !== 1 || c !== deps.model.info.latentChannels) {
+  if (n !== 1 || c !== deps.engine.info.model.latentChannels) {
     throw new ApiError(
       400,
       "invalid_latent",
-      `${field}: shape must be [1, ${deps.model.info.latentChannels}, h, w]`,
+      `${field}: shape must be [1, ${deps.engine.info.model.latentChannels}, h, w]`,
       field,
     );
   }
@@ -84,13 +89,13 @@ function readLatent(
       field,
     );
   }
-  const needed = deps.model.runTooLarge(w * 8, h * 8, 2, 1);
+  const needed = runTooLarge(deps.engine.info.memory, w * 8, h * 8, 2, 1);
   if (needed !== undefined) {
     throw new ApiError(
       400,
       "limit_exceeded",
       `${field}: one model run at this size needs about ${(needed / 2 ** 30).toFixed(2)} GiB; the memory ` +
-        `budget is ${(deps.model.memory.budgetBytes / 2 ** 30).toFixed(2)} GiB (MEMORY_BUDGET_BYTES)`,
+        `budget is ${(deps.engine.info.memory.budgetBytes / 2 ** 30).toFixed(2)} GiB (MEMORY_BUDGET_BYTES)`,
       field,
     );
   }
@@ -111,8 +116,7 @@ async function imageJson(image: RgbImage, format: OutputFormat) {
   };
 }
 
-const round = (v: number, digits = 4) => Number.isFinite(v) ? Number(v.toFixed(digits)) : v;
-const similarity = (a: RgbImage, b: RgbImage) => ({ psnr: round(psnr(a, b)), ssim: round(ssim(a, b)) });
+const round = (v: number, digits: number) => Number.isFinite(v) ? Number(v.toFixed(digits)) : v;
 
 function latentJson(latent: Float32Array, shape: LatentShape) {
   return encodeLatent(latent, [
@@ -125,27 +129,22 @@ function latentJson(latent: Float32Array, shape: LatentShape) {
 
 export async function handleInvert(
   c: Context,
-  deps: ImageRouteDeps,
+  deps: TaskRouteDeps,
   body: z.infer<ReturnType<typeof invertRequestSchema>>,
   span: Span,
 ) {
-  const { adapters, release, prepared: image } = await startTask(
-    deps.admission,
-    deps.registry,
-    body.lora,
-    span,
-    () => readImage(deps, "image", body.image, body.fit, sizeOf(deps, body)),
+  const { release, prepared: image } = await deps.admission.admit(() =>
+    readImage(deps, "image", body.image, body.fit, sizeOf(deps, body))
   );
   try {
-    const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
-    const result = await invertImage(deps.model, {
+    const result = await deps.engine.call("invert", {
       image,
       prompt: body.prompt,
       steps: body.steps,
       method: body.method,
       guidanceScale: body.guidance_scale,
-      adapters: adapters.applied,
-    }, ctx);
+      lora: adapterSpecs(body.lora),
+    }, { signal: signalOf(c), span });
     const reconstruction = await inSpan(
       "image.encode",
       span,
@@ -155,12 +154,8 @@ export async function handleInvert(
     return c.json({
       latent: latentJson(result.latent, result.shape),
       reconstruction,
-      metrics: {
-        ...similarity(result.reconstruction, image),
-        upper_bound: similarity(result.vaeReconstruction, image),
-        vs_vae_reconstruction: similarity(result.reconstruction, result.vaeReconstruction),
-      },
-      parameters: { ...echoed, ...(adapters.report.length ? { lora: adapters.report } : {}) },
+      metrics: result.metrics,
+      parameters: { ...echoed, ...(result.adapters.length ? { lora: result.adapters } : {}) },
       timings: result.timings,
     });
   } finally {
@@ -170,75 +165,36 @@ export async function handleInvert(
 
 export async function handleEdit(
   c: Context,
-  deps: ImageRouteDeps,
+  deps: TaskRouteDeps,
   body: z.infer<ReturnType<typeof editRequestSchema>>,
   span: Span,
 ) {
   const given = body.latent === undefined ? undefined : readLatent(deps, "latent", body.latent);
   const encoded = body.image;
-  const { adapters, release, prepared: image } = await startTask(
-    deps.admission,
-    deps.registry,
-    body.lora,
-    span,
-    async () =>
-      encoded === undefined
-        ? undefined
-        : await readImage(deps, "image", encoded, body.fit, sizeOf(deps, body)),
+  const { release, prepared: image } = await deps.admission.admit(async () =>
+    encoded === undefined ? undefined : await readImage(deps, "image", encoded, body.fit, sizeOf(deps, body))
   );
   try {
-    const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
-    let start = given, reconstruction: RgbImage | undefined;
-    if (image && body.return_reconstruction) {
-      const inverted = await invertImage(deps.model, {
-        image,
-        prompt: body.source_prompt,
-        steps: body.steps,
-        method: body.method,
-        guidanceScale: body.guidance_scale,
-        adapters: adapters.applied,
-      }, ctx);
-      start = { latent: inverted.latent, shape: inverted.shape };
-      reconstruction = inverted.reconstruction;
-    } else if (image) {
-      const [cond] = await encodePrompts(deps.model, [body.source_prompt], ctx);
-      start = await invertToNoise(deps.model, {
-        image,
-        cond,
-        steps: body.steps,
-        method: body.method,
-        adapters: adapters.applied,
-      }, ctx);
-    }
-    const edited = await edit(deps.model, {
-      latent: start!.latent,
-      shape: start!.shape,
+    const result = await deps.engine.call("edit", {
+      source: image ? { image } : given!,
       sourcePrompt: body.source_prompt,
       targetPrompt: body.target_prompt,
       ratio: body.ratio,
       steps: body.steps,
+      method: body.method,
       guidanceScale: body.guidance_scale,
-      adapters: adapters.applied,
-    }, ctx);
-    if (reconstruction === undefined && body.return_reconstruction) {
-      reconstruction = (await edit(deps.model, {
-        latent: start!.latent,
-        shape: start!.shape,
-        sourcePrompt: body.source_prompt,
-        targetPrompt: body.source_prompt,
-        ratio: 0,
-        steps: body.steps,
-        guidanceScale: body.guidance_scale,
-        adapters: adapters.applied,
-      }, ctx)).image;
-    }
+      returnReconstruction: body.return_reconstruction,
+      lora: adapterSpecs(body.lora),
+    }, { signal: signalOf(c), span });
     const { image: _image, latent: _latent, lora: _lora, ...echoed } = body;
     return c.json({
-      images: [await imageJson(edited.image, body.output_format)],
-      ...(reconstruction ? { reconstruction: await imageJson(reconstruction, body.output_format) } : {}),
-      latent: latentJson(start!.latent, start!.shape),
-      parameters: { ...echoed, ...(adapters.report.length ? { lora: adapters.report } : {}) },
-      timings: edited.timings,
+      images: [await imageJson(result.image, body.output_format)],
+      ...(result.reconstruction
+        ? { reconstruction: await imageJson(result.reconstruction, body.output_format) }
+        : {}),
+      latent: latentJson(result.latent, result.shape),
+      parameters: { ...echoed, ...(result.adapters.length ? { lora: result.adapters } : {}) },
+      timings: result.timings,
     });
   } finally {
     release();
@@ -246,75 +202,45 @@ export async function handleEdit(
 }
 
 type InterpolateBody = z.infer<ReturnType<typeof interpolateRequestSchema>>;
-/** An /interpolate endpoint once read: a seed's noise, a latent, or an image to invert. */
-type EndpointSource = { seed?: number } | { latent: Float32Array; shape: LatentShape } | { image: RgbImage };
 
-export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: InterpolateBody, span: Span) {
-  const model = deps.model;
+export async function handleInterpolate(c: Context, deps: TaskRouteDeps, body: InterpolateBody, span: Span) {
   const size = sizeOf(deps, body);
   const drawn: LatentShape = { rows: 1, height: size.height / 8, width: size.width / 8 };
   // The cheap checks before taking a slot; images are decoded once admitted.
   const names = ["from", "to"] as const;
-  const ends: (EndpointSource | { encoded: string })[] = names.map((name) => {
+  const ends = names.map((name): EndpointInput | { prompt: string; encoded: string } => {
     const end = body[name];
-    if ("image" in end) return { encoded: end.image };
-    if ("latent" in end) return readLatent(deps, `${name}.latent`, end.latent);
-    return { seed: end.seed };
+    if ("image" in end) return { prompt: end.prompt, encoded: end.image };
+    if ("latent" in end) return { prompt: end.prompt, ...readLatent(deps, `${name}.latent`, end.latent) };
+    return { prompt: end.prompt, seed: end.seed };
   });
-  const shapes = ends.map((s) => ("shape" in s && s.shape) ? s.shape : drawn);
+  const shapes = ends.map((s) => ("shape" in s ? s.shape : drawn));
   if (shapes[0].height !== shapes[1].height || shapes[0].width !== shapes[1].width) {
     throw new ApiError(400, "invalid_request", "to: both endpoints must have the same latent size", "to");
   }
-  const { adapters, release, prepared: sources } = await startTask(
-    deps.admission,
-    deps.registry,
-    body.lora,
-    span,
-    () =>
-      Promise.all(
-        ends.map(async (end, i): Promise<EndpointSource> =>
-          "encoded" in end
-            ? { image: await readImage(deps, `${names[i]}.image`, end.encoded, body.fit, size) }
-            : end
-        ),
+  const { release, prepared: [from, to] } = await deps.admission.admit(() =>
+    Promise.all(
+      ends.map(async (end, i): Promise<EndpointInput> =>
+        "encoded" in end
+          ? {
+            prompt: end.prompt,
+            image: await readImage(deps, `${names[i]}.image`, end.encoded, body.fit, size),
+          }
+          : end
       ),
+    )
   );
   try {
-    const ctx: TaskContext = { signal: c.get("signal") ?? c.req.raw.signal, span };
-    const [fromEmbedding, toEmbedding, uncond] = await encodePrompts(model, [
-      body.from.prompt,
-      body.to.prompt,
-      "",
-    ], ctx);
-    const embeddings = [fromEmbedding, toEmbedding];
-    const endpoints: Endpoint[] = await Promise.all(sources.map(async (s, i) => {
-      if ("seed" in s && s.seed !== undefined) {
-        return {
-          latent: initialNoise(model, [s.seed], drawn.height, drawn.width),
-          embedding: embeddings[i],
-        };
-      }
-      if ("latent" in s && s.latent) return { latent: s.latent, embedding: embeddings[i] };
-      const image = (s as { image: RgbImage }).image;
-      const { latent } = await invertToNoise(model, {
-        image,
-        cond: embeddings[i],
-        steps: body.steps,
-        method: body.method,
-        adapters: adapters.applied,
-      }, ctx);
-      return { latent, embedding: embeddings[i] };
-    }));
-    const result = await interpolate(model, {
-      from: endpoints[0],
-      to: endpoints[1],
-      shape: shapes[0],
+    const result = await deps.engine.call("interpolate", {
+      from,
+      to,
+      shape: drawn,
       frames: body.frames,
       steps: body.steps,
+      method: body.method,
       guidanceScale: body.guidance_scale,
-      uncond,
-      adapters: adapters.applied,
-    }, ctx);
+      lora: adapterSpecs(body.lora),
+    }, { signal: signalOf(c), span });
     const frames = await inSpan(
       "image.encode",
       span,
@@ -323,9 +249,9 @@ export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: 
     const animation = body.animation === "none"
       ? undefined
       : await animate(result.frames, body.animation, body.frame_duration_ms);
-    const { lora: _lora, from, to, ...echoed } = body;
+    const { lora: _lora, from: fromBody, to: toBody, ...echoed } = body;
     const describe = (
-      e: typeof from,
+      e: typeof fromBody,
     ) => ("seed" in e
       ? { prompt: e.prompt, seed: e.seed }
       : { prompt: e.prompt, source: "image" in e ? "image" : "latent" });
@@ -337,9 +263,9 @@ export async function handleInterpolate(c: Context, deps: ImageRouteDeps, body: 
       ...(animation ? { animation } : {}),
       parameters: {
         ...echoed,
-        from: describe(from),
-        to: describe(to),
-        ...(adapters.report.length ? { lora: adapters.report } : {}),
+        from: describe(fromBody),
+        to: describe(toBody),
+        ...(result.adapters.length ? { lora: result.adapters } : {}),
       },
       timings: result.timings,
     });

@@ -43,7 +43,7 @@ Deno.test("adapters: public repo, resolved commit reported, image changes; a war
       "pytorch_lora_weights.safetensors": fileA,
       "README.md": new Uint8Array(3),
     });
-    await withServer(env, async ({ url, adapters }) => {
+    await withServer(env, async ({ url, engine }) => {
       const base = await generate(url);
       const first = await generate(url, { repo: "acme/style-lora" });
       assertEquals(first.status, 200, JSON.stringify(first.json));
@@ -67,7 +67,7 @@ Deno.test("adapters: public repo, resolved commit reported, image changes; a war
         commit,
         0,
       ]]);
-      assertEquals(adapters.stats.downloads, 1);
+      assertEquals(engine.state.adapters.downloads, 1);
     });
   });
 });
@@ -76,18 +76,18 @@ Deno.test("adapters: concurrent requests share one download; different adapters 
   await withHub(async (hub, env) => {
     await hub.addCommit("acme/a", { "a.safetensors": fileA });
     await hub.addCommit("acme/b", { "b.safetensors": fileB });
-    await withServer(env, async ({ url, adapters, model }) => {
+    await withServer(env, async ({ url, engine }) => {
       const specs = [undefined, { repo: "acme/a" }, { repo: "acme/b", scale: 0.5 }, [{ repo: "acme/a" }, {
         repo: "acme/b",
         scale: 0.5,
       }]];
-      const before = { ...model.batchers.unet.stats };
+      const before = { ...engine.state.batches.unet };
       const together = await Promise.all(
         [...specs, { repo: "acme/a" }, { repo: "acme/a" }].map((s) => generate(url, s)),
       );
       assertEquals(together.map((r) => r.status), [200, 200, 200, 200, 200, 200]);
-      assertEquals(adapters.stats.downloads, 2, "one download per adapter, whatever the concurrency");
-      const runs = model.batchers.unet.stats.runs - before.runs;
+      assertEquals(engine.state.adapters.downloads, 2, "one download per adapter, whatever the concurrency");
+      const runs = engine.state.batches.unet.runs - before.runs;
       assert(runs < 6 * 6, `six requests of 6 steps with mixed adapters took ${runs} runs`);
       for (let i = 0; i < specs.length; i++) {
         const alone = await generate(url, specs[i]);
@@ -111,17 +111,17 @@ Deno.test("adapters: one adapter loaded at once under several names (branch and 
       { repo, file: "a.safetensors" },
       { repo, revision: commits[i], file: "a.safetensors" },
     ]);
-  const check = async (url: string, adapters: RunningServer["adapters"], specs: unknown[]) => {
+  const check = async (url: string, engine: RunningServer["engine"], specs: unknown[]) => {
     const results = await Promise.all(specs.map((lora) => generate(url, lora)));
     assertEquals(
       results.map((r) => r.status),
       specs.map(() => 200),
       JSON.stringify(results.map((r) => r.json.error)),
     );
-    const loaded = adapters.loaded();
+    const loaded = engine.state.loadedAdapters;
     assertEquals(loaded.map((a) => [a.repo, a.in_use]).sort(), repos.map((repo) => [repo, 0]));
     assertEquals(
-      adapters.bytes,
+      engine.state.adapters.bytes,
       loaded.reduce((n, a) => n + a.bytes, 0),
       "each adapter's bytes counted once",
     );
@@ -129,9 +129,9 @@ Deno.test("adapters: one adapter loaded at once under several names (branch and 
   // From the hub: one download per file.
   await withHub(async (hub, env) => {
     const commits = await Promise.all(repos.map((repo) => hub.addCommit(repo, { "a.safetensors": fileA })));
-    await withServer(env, async ({ url, adapters }) => {
-      await check(url, adapters, names(commits));
-      assertEquals(adapters.stats.downloads, repos.length);
+    await withServer(env, async ({ url, engine }) => {
+      await check(url, engine, names(commits));
+      assertEquals(engine.state.adapters.downloads, repos.length);
     });
   });
   // From a local Hub cache: no download to share, only the read.
@@ -151,7 +151,7 @@ Deno.test("adapters: one adapter loaded at once under several names (branch and 
         HF_HUB_CACHE: await Deno.makeTempDir(),
         LORA_BUNDLED_CACHE: cache,
       },
-      ({ url, adapters }) => check(url, adapters, names(commits)),
+      ({ url, engine }) => check(url, engine, names(commits)),
     );
   } finally {
     await Deno.remove(cache, { recursive: true });
@@ -299,8 +299,8 @@ Deno.test("adapters: the in-memory LRU is bounded by bytes and never evicts an a
     const bytesOfOne = targets.reduce((n, t) => n + 4 * (t.inFeatures + t.outFeatures) * 4, 0);
     await withServer(
       { ...env, LORA_CACHE_BYTES: String(Math.floor(bytesOfOne * 1.5)), MAX_STEPS: "400" },
-      async ({ url, adapters }) => {
-        const loaded = () => adapters.loaded().map((a) => a.repo);
+      async ({ url, engine }) => {
+        const loaded = () => engine.state.loadedAdapters.map((a) => a.repo);
         const long = post(`${url}/generate`, { prompt: PROMPT, steps: 400, lora: { repo: "acme/a" } }, {
           accept: "text/event-stream",
         });
@@ -315,7 +315,7 @@ Deno.test("adapters: the in-memory LRU is bounded by bytes and never evicts an a
         while (!(await reader.read()).done);
         assertEquals((await generate(url, { repo: "acme/c" })).status, 200);
         assertEquals(loaded(), ["acme/c"], "acme/a is idle now and least recently used: it goes");
-        assert(adapters.bytes <= bytesOfOne * 1.5);
+        assert(engine.state.adapters.bytes <= bytesOfOne * 1.5);
       },
     );
   });
@@ -330,7 +330,7 @@ Deno.test("adapters: the revisions a client names are forgotten with the adapter
     const bytesOfOne = targets.reduce((n, t) => n + 4 * (t.inFeatures + t.outFeatures) * 4, 0);
     await withServer(
       { ...env, LORA_CACHE_BYTES: String(Math.floor(bytesOfOne * 1.5)) },
-      async ({ url, adapters }) => {
+      async ({ url, engine }) => {
         for (
           const lora of [
             { repo: "acme/a" },
@@ -341,10 +341,10 @@ Deno.test("adapters: the revisions a client names are forgotten with the adapter
         ) {
           assertEquals((await generate(url, lora, { steps: 1 })).status, 200);
         }
-        assertEquals(adapters.resolvedRevisions, 4);
+        assertEquals(engine.state.adapters.resolvedRevisions, 4);
         assertEquals((await generate(url, { repo: "acme/c" }, { steps: 1 })).status, 200);
-        assertEquals(adapters.loaded().map((a) => a.repo), ["acme/c"], "acme/a was evicted");
-        assertEquals(adapters.resolvedRevisions, 1, "only acme/c's revision is still known");
+        assertEquals(engine.state.loadedAdapters.map((a) => a.repo), ["acme/c"], "acme/a was evicted");
+        assertEquals(engine.state.adapters.resolvedRevisions, 1, "only acme/c's revision is still known");
       },
     );
   });

@@ -10,7 +10,7 @@ const prompts = [
 ];
 
 Deno.test("batching: concurrent requests with different prompts, steps and guidance share UNet runs", async () => {
-  await withServer({}, async ({ url, model }) => {
+  await withServer({}, async ({ url, engine }) => {
     const bodies = prompts.map((prompt, i) => ({
       prompt,
       seed: 10 + i,
@@ -19,10 +19,10 @@ Deno.test("batching: concurrent requests with different prompts, steps and guida
     }));
     const alone = [];
     for (const body of bodies) alone.push(await (await post(`${url}/generate`, body)).json());
-    const before = { ...model.batchers.unet.stats };
+    const before = { ...engine.state.batches.unet };
     const together = await Promise.all(bodies.map(async (b) => (await post(`${url}/generate`, b)).json()));
-    const runs = model.batchers.unet.stats.runs - before.runs;
-    const calls = model.batchers.unet.stats.calls - before.calls;
+    const runs = engine.state.batches.unet.runs - before.runs;
+    const calls = engine.state.batches.unet.calls - before.calls;
     assertEquals(calls, 10 + 12 + 14 + 16);
     assert(runs <= 16 + 2, `${calls} UNet calls took ${runs} runs; batched they need about 16`);
     for (let i = 0; i < bodies.length; i++) {
@@ -37,8 +37,8 @@ Deno.test("batching: concurrent requests with different prompts, steps and guida
 });
 
 Deno.test("batching: a request that arrives mid-run joins the next runs at its own timestep", async () => {
-  await withServer({ MAX_STEPS: "400" }, async ({ url, model }) => {
-    const before = { ...model.batchers.unet.stats };
+  await withServer({ MAX_STEPS: "400" }, async ({ url, engine }) => {
+    const before = { ...engine.state.batches.unet };
     const long = post(`${url}/generate`, { prompt: prompts[0], steps: 400, seed: 1 }, {
       accept: "text/event-stream",
     });
@@ -49,8 +49,8 @@ Deno.test("batching: a request that arrives mid-run joins the next runs at its o
     const late = await (await post(`${url}/generate`, { prompt: prompts[1], steps: 20, seed: 2 })).json();
     assertEquals(late.images.length, 1);
     while (!(await reader.read()).done);
-    const runs = model.batchers.unet.stats.runs - before.runs;
-    const calls = model.batchers.unet.stats.calls - before.calls;
+    const runs = engine.state.batches.unet.runs - before.runs;
+    const calls = engine.state.batches.unet.calls - before.calls;
     assertEquals(calls, 420);
     assert(
       runs <= 402,
@@ -60,42 +60,42 @@ Deno.test("batching: a request that arrives mid-run joins the next runs at its o
 });
 
 Deno.test("batching: max rows per run is respected, and batching off runs one request per run", async () => {
-  await withServer({ BATCH_MAX_ROWS: "4" }, async ({ url, model }) => {
+  await withServer({ BATCH_MAX_ROWS: "4" }, async ({ url, engine }) => {
     await Promise.all(
       prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 5 }).then((r) => r.json())),
     );
-    const { runs, rows } = model.batchers.unet.stats;
+    const { runs, rows } = engine.state.batches.unet;
     assertEquals(rows, 4 * 5 * 2);
     assert(runs >= 10 && runs < 20, `2-row calls, at most 4 rows per run: expected 10-19 runs, got ${runs}`);
   });
-  await withServer({ BATCHING: "off" }, async ({ url, model }) => {
+  await withServer({ BATCHING: "off" }, async ({ url, engine }) => {
     await Promise.all(
       prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 5 }).then((r) => r.json())),
     );
-    assertEquals(model.batchers.unet.stats.runs, model.batchers.unet.stats.calls);
-    assertEquals(model.batchers.textEncoder.stats.runs, 4);
+    assertEquals(engine.state.batches.unet.runs, engine.state.batches.unet.calls);
+    assertEquals(engine.state.batches.textEncoder.runs, 4);
   });
 });
 
 Deno.test("batching: text encoder and VAE calls of concurrent requests are batched too", async () => {
-  await withServer({}, async ({ url, model }) => {
+  await withServer({}, async ({ url, engine }) => {
     await Promise.all(
       prompts.map((prompt) => post(`${url}/generate`, { prompt, steps: 3 }).then((r) => r.json())),
     );
-    assertEquals(model.batchers.textEncoder.stats.calls, 4);
+    assertEquals(engine.state.batches.textEncoder.calls, 4);
     assert(
-      model.batchers.textEncoder.stats.runs < 4,
-      `text encoder runs: ${model.batchers.textEncoder.stats.runs}`,
+      engine.state.batches.textEncoder.runs < 4,
+      `text encoder runs: ${engine.state.batches.textEncoder.runs}`,
     );
     assert(
-      model.batchers.vaeDecoder.stats.runs < 4,
-      `VAE decoder runs: ${model.batchers.vaeDecoder.stats.runs}`,
+      engine.state.batches.vaeDecoder.runs < 4,
+      `VAE decoder runs: ${engine.state.batches.vaeDecoder.runs}`,
     );
   });
 });
 
 Deno.test("cancellation: a client that disconnects has its remaining steps cancelled", async () => {
-  await withServer({}, async ({ url, model }) => {
+  await withServer({}, async ({ url, engine }) => {
     const controller = new AbortController();
     const res = await post(`${url}/generate`, { prompt: prompts[2], steps: 150 }, {
       accept: "text/event-stream",
@@ -105,9 +105,9 @@ Deno.test("cancellation: a client that disconnects has its remaining steps cance
     while (!seen.includes('"step":5,')) seen += new TextDecoder().decode((await reader.read()).value);
     controller.abort();
     await new Promise((r) => setTimeout(r, 300));
-    const callsAfterAbort = model.batchers.unet.stats.calls;
+    const callsAfterAbort = engine.state.batches.unet.calls;
     await new Promise((r) => setTimeout(r, 300));
-    assertEquals(model.batchers.unet.stats.calls, callsAfterAbort, "no UNet calls after the client left");
+    assertEquals(engine.state.batches.unet.calls, callsAfterAbort, "no UNet calls after the client left");
     assert(callsAfterAbort < 150, `only part of the 150 steps ran: ${callsAfterAbort}`);
     const ok = await post(`${url}/generate`, { prompt: prompts[0], steps: 2 });
     assertEquals(ok.status, 200);

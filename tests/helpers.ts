@@ -3,6 +3,8 @@ import { type Config, loadConfig } from "../config.ts";
 import sharp from "sharp";
 import * as ort from "onnxruntime-node";
 import { type RunningServer, startServer } from "../server.ts";
+import { loadServing } from "../engine/load.ts";
+import type { DiffusionModel } from "../pipeline/model.ts";
 
 export const MODEL_DIR = Deno.env.get("TEST_MODEL") ??
   new URL("../models/tiny-sd-shapes", import.meta.url).pathname;
@@ -11,6 +13,16 @@ export const FIXTURES_DIR = Deno.env.get("TEST_FIXTURES") ??
 
 export function testConfig(env: Record<string, string> = {}): Config {
   return loadConfig({ PORT: "0", HOST: "127.0.0.1", MODEL: MODEL_DIR, HOME: Deno.env.get("HOME"), ...env });
+}
+
+/** The test model loaded in this process (beside any server's engine), for computing expected values. */
+export async function withModel<T>(fn: (model: DiffusionModel) => Promise<T>): Promise<T> {
+  const { model } = await loadServing(testConfig());
+  try {
+    return await fn(model);
+  } finally {
+    await model.release();
+  }
 }
 
 export async function withServer<T>(

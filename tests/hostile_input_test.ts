@@ -26,8 +26,8 @@ const latent = (h: number, w: number) => ({ shape: [1, 4, h, w], dtype: "float32
 // Before: /edit and /interpolate encoded the 8 x 16384 image and sharp threw "Processed image is
 // too large for the WebP format": 500 after the model had run.
 Deno.test("input: output sizes over WebP's 16383 px per side are refused at validation naming the field, before any model work", async () => {
-  await withServer({}, async ({ url, model }) => {
-    const calls = () => model.batchers.unet.stats.calls + model.batchers.textEncoder.stats.calls;
+  await withServer({}, async ({ url, engine }) => {
+    const calls = () => engine.state.batches.unet.calls + engine.state.batches.textEncoder.calls;
     const before = calls();
     const wide = latent(1, 2048);
     const cases: [string, unknown, string][] = [

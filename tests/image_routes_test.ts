@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import sharp from "sharp";
-import { decodeBase64, pixels, post, withServer } from "./helpers.ts";
+import { decodeBase64, pixels, post, withModel, withServer } from "./helpers.ts";
 import { ImageInputError, readImageInput } from "../pipeline/image_input.ts";
 
 const PROMPT = "a large green circle on a black background";
@@ -245,8 +245,8 @@ Deno.test("/interpolate: the end frames are /generate's images for the same prom
 });
 
 Deno.test("/interpolate: frames run as concurrent tracks that share UNet runs; image and latent endpoints", async () => {
-  await withServer({}, async ({ url, model }) => {
-    const before = { ...model.batchers.unet.stats };
+  await withServer({}, async ({ url, engine }) => {
+    const before = { ...engine.state.batches.unet };
     const res = await post(`${url}/interpolate`, {
       from: { prompt: PROMPT, seed: 3 },
       to: { prompt: OTHER, seed: 4 },
@@ -254,8 +254,8 @@ Deno.test("/interpolate: frames run as concurrent tracks that share UNet runs; i
       steps: 10,
     });
     assertEquals(res.status, 200);
-    const runs = model.batchers.unet.stats.runs - before.runs,
-      calls = model.batchers.unet.stats.calls - before.calls;
+    const runs = engine.state.batches.unet.runs - before.runs,
+      calls = engine.state.batches.unet.calls - before.calls;
     assertEquals(calls, 110);
     assert(runs <= 12, `11 frames x 10 steps in ${runs} runs`);
     const image = await generated(url, PROMPT, 5);
@@ -318,17 +318,19 @@ Deno.test("inversion: the model's own images reconstruct, and fixed-point invers
 
 Deno.test("ISTD: the mean over prompts of the std of adjacent-frame distances, as /interpolate reports per pair", async () => {
   const { measureIstd } = await import("../pipeline/istd.ts");
-  await withServer({}, async ({ url, model }) => {
+  await withServer({}, async ({ url }) => {
     const prompts = [PROMPT, OTHER];
     const seeds: [number, number][] = [[11, 12], [13, 14]];
-    const measured = await measureIstd(model, {
-      prompts,
-      seeds,
-      frames: 4,
-      steps: 6,
-      guidanceScale: 7.5,
-      adapters: [],
-    });
+    const measured = await withModel((model) =>
+      measureIstd(model, {
+        prompts,
+        seeds,
+        frames: 4,
+        steps: 6,
+        guidanceScale: 7.5,
+        adapters: [],
+      })
+    );
     const viaApi = await Promise.all(prompts.map(async (prompt, i) => {
       const res = await post(`${url}/interpolate`, {
         from: { prompt, seed: seeds[i][0] },

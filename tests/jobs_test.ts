@@ -48,17 +48,17 @@ Deno.test("jobs: 202 with a Location, progress while it runs, then the synchrono
 });
 
 Deno.test("jobs: DELETE cancels a running job (its steps stop) and forgets a finished one", async () => {
-  await withServer({ MAX_STEPS: "1000" }, async ({ url, model }) => {
+  await withServer({ MAX_STEPS: "1000" }, async ({ url, engine }) => {
     const submitted = await post(`${url}/generate`, { prompt: PROMPT, steps: 1000 }, ASYNC);
     const location = submitted.headers.get("location")!;
     await submitted.arrayBuffer();
-    while (model.batchers.unet.stats.calls < 5) await new Promise((r) => setTimeout(r, 10));
+    while (engine.state.batches.unet.calls < 5) await new Promise((r) => setTimeout(r, 10));
     const cancelled = await fetch(`${url}${location}`, { method: "DELETE" });
     assertEquals([cancelled.status, (await cancelled.json()).status], [200, "cancelled"]);
     await new Promise((r) => setTimeout(r, 300));
-    const calls = model.batchers.unet.stats.calls;
+    const calls = engine.state.batches.unet.calls;
     await new Promise((r) => setTimeout(r, 300));
-    assertEquals(model.batchers.unet.stats.calls, calls, "no steps after the cancel");
+    assertEquals(engine.state.batches.unet.calls, calls, "no steps after the cancel");
     assert(calls < 100, `${calls} steps ran`);
     const after = await fetch(`${url}${location}`);
     assertEquals([after.status, (await after.json()).status], [200, "cancelled"]);

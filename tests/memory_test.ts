@@ -5,15 +5,16 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { post, withServer } from "./helpers.ts";
 import { measurePeak, residentBytes, runBytes } from "../pipeline/cost.ts";
+import { runTooLarge } from "../pipeline/cost.ts";
 
 const MIB = 2 ** 20;
 const PROMPT = "a large red circle on a blue background";
 
 Deno.test("memory: a request whose one model run cannot fit the budget gets 400 naming the field, before any work", async () => {
-  await withServer({ MEMORY_BUDGET_BYTES: String(64 * MIB) }, async ({ url, model }) => {
+  await withServer({ MEMORY_BUDGET_BYTES: String(64 * MIB) }, async ({ url, engine }) => {
     const info = (await (await fetch(`${url}/v1/models`)).json()).data[0];
     assertEquals([info.memory.budget_bytes, info.memory.enforced], [64 * MIB, true]);
-    const calls = model.batchers.unet.stats.calls + model.batchers.textEncoder.stats.calls;
+    const calls = engine.state.batches.unet.calls + engine.state.batches.textEncoder.calls;
     const refused = async (path: string, body: unknown, field: string) => {
       const res = await post(`${url}${path}`, body);
       const json = await res.json();
@@ -27,9 +28,10 @@ Deno.test("memory: a request whose one model run cannot fit the budget gets 400 
     await refused("/generate", { prompt: PROMPT, width: 1024, height: 1024, steps: 1 }, "width");
     await refused("/generate", { prompt: PROMPT, width: 256, height: 512, steps: 1 }, "height");
     // one image of this size fits, eight in one run do not
-    const fitsAlone = [64, 128, 192, 256].filter((side) => !model.runTooLarge(side, side, 2, 1)).pop()!;
+    const fitsAlone = [64, 128, 192, 256].filter((side) => !runTooLarge(engine.info.memory, side, side, 2, 1))
+      .pop()!;
     assert(
-      model.runTooLarge(fitsAlone, fitsAlone, 16, 8),
+      runTooLarge(engine.info.memory, fitsAlone, fitsAlone, 16, 8),
       "eight images of the largest size that fits alone do not",
     );
     await refused("/generate", {
@@ -53,7 +55,7 @@ Deno.test("memory: a request whose one model run cannot fit the budget gets 400 
     };
     await refused("/edit", { latent: bigLatent, source_prompt: "a", target_prompt: "b", steps: 1 }, "latent");
     assertEquals(
-      model.batchers.unet.stats.calls + model.batchers.textEncoder.stats.calls,
+      engine.state.batches.unet.calls + engine.state.batches.textEncoder.calls,
       calls,
       "no model work",
     );
@@ -64,15 +66,15 @@ Deno.test("memory: a request whose one model run cannot fit the budget gets 400 
 
 Deno.test("memory: a run is never formed over the budget; concurrent requests that fit alone run apart", async () => {
   // the costs this model measures at start, to set a budget that holds two guided rows at 256x256, not four
-  const costs = await withServer({}, ({ model }) => Promise.resolve(model.memory.costs!));
+  const costs = await withServer({}, ({ engine }) => Promise.resolve(engine.info.memory.costs!));
   const positions = 32 * 32;
   const budget = Math.round(runBytes(costs.unet!, 3, positions));
-  await withServer({ MEMORY_BUDGET_BYTES: String(budget) }, async ({ url, model }) => {
-    const c = model.memory.costs!.unet!;
-    assert(runBytes(c, 2, positions) <= model.memory.budgetBytes, "one guided image fits");
-    assert(runBytes(c, 4, positions) > model.memory.budgetBytes, "two do not");
+  await withServer({ MEMORY_BUDGET_BYTES: String(budget) }, async ({ url, engine }) => {
+    const c = engine.info.memory.costs!.unet!;
+    assert(runBytes(c, 2, positions) <= engine.info.memory.budgetBytes, "one guided image fits");
+    assert(runBytes(c, 4, positions) > engine.info.memory.budgetBytes, "two do not");
     const rows: number[] = [];
-    model.batchers.unet.observers.push((r) => rows.push(r));
+    engine.runListeners.add((r) => rows.push(r));
     const replies = await Promise.all(
       [1, 2, 3].map((seed) =>
         post(`${url}/generate`, { prompt: PROMPT, width: 256, height: 256, steps: 3, seed })
@@ -87,10 +89,10 @@ Deno.test("memory: a run is never formed over the budget; concurrent requests th
 
 Deno.test("memory: the heaviest request the budget admits peaks within it, and resident memory comes back", async () => {
   const budget = 512 * MIB;
-  await withServer({ MEMORY_BUDGET_BYTES: String(budget) }, async ({ url, model }) => {
+  await withServer({ MEMORY_BUDGET_BYTES: String(budget) }, async ({ url, engine }) => {
     // the largest square image at the default guidance that the budget admits
     let side = 64;
-    while (side + 64 <= 1024 && !model.runTooLarge(side + 64, side + 64, 2, 1)) side += 64;
+    while (side + 64 <= 1024 && !runTooLarge(engine.info.memory, side + 64, side + 64, 2, 1)) side += 64;
     // Resident memory is the whole test process's: the JavaScript garbage of earlier test files is
     // collected first (`deno task test` runs with --expose-gc), and a small request warms this one up.
     await (await post(`${url}/generate`, { prompt: PROMPT, steps: 1 })).arrayBuffer();
@@ -130,16 +132,16 @@ Deno.test("memory: the heaviest request the budget admits peaks within it, and r
 });
 
 Deno.test("memory: at the default budget, the heaviest request the default caps admit peaks within it", async () => {
-  await withServer({}, async ({ url, model }) => {
-    const budget = model.memory.budgetBytes;
+  await withServer({}, async ({ url, engine }) => {
+    const budget = engine.info.memory.budgetBytes;
     // the most expensive one-step /generate the validation admits: size x images x guidance
     let heaviest: { side: number; images: number; guidance: number; bytes: number } | undefined;
     for (let side = 64; side <= 1024; side += 64) {
       for (const guidance of [1, 7.5]) {
         for (let images = 1; images <= 8 && side * side * images <= 1024 * 1024; images++) {
           const rows = guidance === 1 ? images : 2 * images;
-          if (model.runTooLarge(side, side, rows, images)) continue;
-          const bytes = runBytes(model.memory.costs!.unet!, rows, (side / 8) ** 2);
+          if (runTooLarge(engine.info.memory, side, side, rows, images)) continue;
+          const bytes = runBytes(engine.info.memory.costs!.unet!, rows, (side / 8) ** 2);
           if (!heaviest || bytes > heaviest.bytes) heaviest = { side, images, guidance, bytes };
         }
       }

@@ -143,7 +143,7 @@ Deno.test("access: API keys (same 401 for missing and wrong keys; health stays o
     assertEquals(foreign.headers.get("access-control-allow-origin"), null);
     await foreign.body?.cancel();
   });
-  await withServer({ REQUEST_TIMEOUT_MS: "300", MAX_STEPS: "1000" }, async ({ url, model }) => {
+  await withServer({ REQUEST_TIMEOUT_MS: "300", MAX_STEPS: "1000" }, async ({ url, engine }) => {
     const late = await post(`${url}/generate`, {
       prompt: "a large white square on a black background",
       steps: 1000,
@@ -159,9 +159,9 @@ Deno.test("access: API keys (same 401 for missing and wrong keys; health stays o
       (await streamed.text()).includes("deadline_exceeded"),
       "a streaming reply ends with the deadline error event",
     );
-    const calls = model.batchers.unet.stats.calls;
+    const calls = engine.state.batches.unet.calls;
     await new Promise((r) => setTimeout(r, 200));
-    assertEquals(model.batchers.unet.stats.calls, calls, "its remaining steps were cancelled");
+    assertEquals(engine.state.batches.unet.calls, calls, "its remaining steps were cancelled");
     assertEquals((await post(`${url}/generate`, { prompt: "x", steps: 1 })).status, 200);
   });
 });
@@ -199,19 +199,19 @@ Deno.test("shutdown: past the shutdown deadline the requests' work is stopped (5
   const plain = post(`${server.url}/generate`, { prompt, steps: 1000 });
   while ((await (await fetch(`${server.url}/health`)).json()).in_flight < 2);
   await server.close();
-  const runs = server.model.batchers.unet.stats.runs;
+  const runs = server.engine.state.batches.unet.runs;
   for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) stream += chunk.value;
   const last = stream.trim().split("\n\n").at(-1)!;
   assert(last.startsWith("event: error") && last.includes('"shutting_down"'), last);
   const res = await plain;
   assertEquals([res.status, (await res.json()).error.code], [503, "shutting_down"]);
-  assertEquals(server.model.batchers.unet.stats.runs, runs, "no run after close");
+  assertEquals(server.engine.state.batches.unet.runs, runs, "no run after close");
 });
 
-Deno.test("app: the run observer an app adds to the model leaves with it when the server closes", async () => {
+Deno.test("app: the run listener an app adds to the engine leaves with it when the server closes", async () => {
   const server = await startServer(testConfig(), { quiet: true });
-  const observers = server.model.batchers.unet.observers;
-  assertEquals(observers.length, 1, "the app's metrics observer");
+  const listeners = server.engine.runListeners;
+  assertEquals(listeners.size, 1, "the app's metrics listener");
   await server.close();
-  assertEquals(observers.length, 0, "the closed app's observer is still on the model");
+  assertEquals(listeners.size, 0, "the closed app's listener is still on the engine");
 });

@@ -357,9 +357,9 @@ Deno.test("fuzz: 10,000 seeded hostile requests over every route: no 5xx, one er
   };
   const started = performance.now();
   try {
-    await withServer(env, async ({ url, model, adapters }) => {
+    await withServer(env, async ({ url, engine }) => {
       // Every route the app has, read from the app itself, so a route added later is fuzzed too.
-      const probe = createApp({ model, adapters, config: testConfig(env), ready: () => true });
+      const probe = createApp({ engine, config: testConfig(env), draining: () => false });
       const routes = probe.app.routes.filter((r) => r.method !== "ALL").map((r) => ({
         method: r.method,
         path: r.path,

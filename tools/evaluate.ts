@@ -15,7 +15,7 @@
  */
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config.ts";
-import { loadServing } from "../server.ts";
+import { loadServing } from "../engine/load.ts";
 import { measureIstd } from "../pipeline/istd.ts";
 import { generate } from "../pipeline/generate.ts";
 import { invertImage } from "../pipeline/invert.ts";
