@@ -3,14 +3,14 @@
  * await their own rows of the outputs; the batcher gathers every pending call with the same
  * compatibility key (e.g. the latent size), runs ONE `session.run` over their concatenated rows,
  * and splits the outputs back. One run is in flight at a time; calls that arrive meanwhile join
- * the next run. Between runs the batcher waits one timer turn, so every request whose previous call
- * just resolved has already submitted its next one (its scheduler step is synchronous): requests
- * at different timesteps, prompts or step counts share each run.
+ * the next run.
  *
- * The timer turn (about 2 ms in Deno) is also what keeps the server answering: in Deno 2.9, a loop of
- * back-to-back onnxruntime-node runs starves Deno.serve (measured: 1.5 s per request with no yield,
- * 0.75 s when yielding with setImmediate, under 20 ms with setTimeout(0)), so starting the next
- * run sooner than a timer turn would trade HTTP latency (liveness probes included) for throughput.
+ * A caller that submits one call after another (a denoising loop) holds a track while it loops.
+ * When every open track has its next call queued, the next run starts at once: the runs go back to
+ * back, and requests at different timesteps, prompts or step counts share each of them. Calls
+ * without a track (one-off text-encoder and VAE calls), or a track that has not yet queued its next
+ * step, wait one timer turn, so that calls submitted in the same turn share the run. The engine
+ * runs in a worker of its own, so back-to-back runs never hold up HTTP (engine/worker.ts).
  */
 import * as ort from "onnxruntime-node";
 import type { Link } from "@opentelemetry/api";
@@ -33,8 +33,19 @@ export interface BatchOptions {
 /** Estimated peak bytes of one run of `rows` rows shaped like `feeds`. */
 export type RunBytes = (rows: number, feeds: Feeds) => number;
 
+/** A caller's loop of calls: see the module's comment. Closed when the loop ends, however it ends. */
+export interface Track {
+  close(): void;
+}
+
+interface TrackState {
+  queued: number;
+}
+
 export interface CallOptions<Row = never> {
   key?: string;
+  /** The loop this call belongs to. */
+  track?: Track;
   signal?: AbortSignal;
   /** The request span this call serves: the run's span links to it. */
   span?: Span;
@@ -45,6 +56,7 @@ export interface CallOptions<Row = never> {
 }
 
 interface PendingCall<Row> extends CallOptions<Row> {
+  state?: TrackState;
   feeds: Feeds;
   rows: number;
   arrived: number;
@@ -72,6 +84,10 @@ export class Batcher<Row = never> {
   #running = false;
   #inFlight: Promise<void> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
+  #soon = false;
+  #tracks = new Map<Track, TrackState>();
+  /** Open tracks with no call queued: while there are any, a run that is not full waits a timer turn. */
+  #waiting = 0;
 
   constructor(
     readonly name: string,
@@ -95,18 +111,53 @@ export class Batcher<Row = never> {
     while (this.#inFlight) await this.#inFlight;
   }
 
+  /** Opens a track for a loop of calls; close it when the loop ends. */
+  openTrack(): Track {
+    const state: TrackState = { queued: 0 };
+    this.#waiting++;
+    const track: Track = {
+      close: () => {
+        if (!this.#tracks.delete(track)) return;
+        if (state.queued === 0) this.#waiting--;
+        this.#schedule();
+      },
+    };
+    this.#tracks.set(track, state);
+    return track;
+  }
+
   submit(feeds: Feeds, options: CallOptions<Row> = {}): Promise<Feeds> {
     options.signal?.throwIfAborted();
     const rows = Object.values(feeds)[0].dims[0];
+    const state = options.track && this.#tracks.get(options.track);
     return new Promise<Feeds>((resolve, reject) => {
-      this.#queue.push({ ...options, feeds, rows, arrived: performance.now(), resolve, reject });
-      this.#schedule(0);
+      this.#queue.push({ ...options, state, feeds, rows, arrived: performance.now(), resolve, reject });
+      if (state && state.queued++ === 0) this.#waiting--;
+      this.#schedule();
     });
   }
 
-  /** The next pump, one timer turn away: every call that is about to be submitted has been. */
-  #schedule(delayMs: number): void {
-    if (this.#running || this.#timer !== undefined) return;
+  #dequeued(call: PendingCall<Row>): void {
+    if (call.state && --call.state.queued === 0 && this.#tracks.has(call.track!)) this.#waiting++;
+  }
+
+  /**
+   * The next pump: at once (after the calls being submitted in this microtask) when every open
+   * track has queued its call, else one timer turn away (or when the oldest call's wait is up).
+   */
+  #schedule(delayMs = 0): void {
+    if (this.#running || this.#soon || this.#queue.length === 0) return;
+    if (this.#waiting === 0 && delayMs === 0) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+      this.#soon = true;
+      queueMicrotask(() => {
+        this.#soon = false;
+        this.#pump();
+      });
+      return;
+    }
+    if (this.#timer !== undefined) return;
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       this.#pump();
@@ -116,6 +167,7 @@ export class Batcher<Row = never> {
   #dropAborted(): void {
     this.#queue = this.#queue.filter((call) => {
       if (!call.signal?.aborted) return true;
+      this.#dequeued(call);
       call.reject(call.signal.reason ?? new DOMException("aborted", "AbortError"));
       return false;
     });
@@ -133,6 +185,7 @@ export class Batcher<Row = never> {
       rows += call.rows;
     }
     this.#queue = this.#queue.filter((call) => !batch.includes(call));
+    for (const call of batch) this.#dequeued(call);
     return batch;
   }
 
@@ -153,7 +206,7 @@ export class Batcher<Row = never> {
     this.#inFlight = this.#execute(batch).finally(() => {
       this.#running = false;
       this.#inFlight = undefined;
-      this.#schedule(0);
+      this.#schedule();
     });
   }
 

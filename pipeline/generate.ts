@@ -128,27 +128,33 @@ export async function denoise(
     : first < total
     ? scheduler.addNoise(params.start.x0, params.latents, first)
     : params.start.x0; // no steps left: the image's own latent
-  for (let i = first; i < total; i++) {
-    ctx.signal?.throwIfAborted();
-    const t = scheduler.timesteps[i];
-    const { cond, uncond } = params.conditioning(i);
-    const input = scheduler.scaleModelInput(latents, i);
-    const rows = guided ? 2 * shape.rows : shape.rows;
-    const eps = await model.predictNoise(
-      guided ? concat(input, input) : input,
-      { ...shape, rows },
-      t,
-      guided ? concat(uncond, cond) : cond,
-      { signal: ctx.signal, span: ctx.span, adapters: rowAdapters },
-    );
-    let guidedEps = eps;
-    if (guided) {
-      const half = latents.length;
-      guidedEps = new Float32Array(half);
-      for (let j = 0; j < half; j++) guidedEps[j] = eps[j] + guidanceScale * (eps[half + j] - eps[j]);
+  // the loop's track: its steps run back to back with every other loop's (batcher.ts)
+  const track = model.batchers.unet.openTrack();
+  try {
+    for (let i = first; i < total; i++) {
+      ctx.signal?.throwIfAborted();
+      const t = scheduler.timesteps[i];
+      const { cond, uncond } = params.conditioning(i);
+      const input = scheduler.scaleModelInput(latents, i);
+      const rows = guided ? 2 * shape.rows : shape.rows;
+      const eps = await model.predictNoise(
+        guided ? concat(input, input) : input,
+        { ...shape, rows },
+        t,
+        guided ? concat(uncond, cond) : cond,
+        { signal: ctx.signal, span: ctx.span, adapters: rowAdapters, track },
+      );
+      let guidedEps = eps;
+      if (guided) {
+        const half = latents.length;
+        guidedEps = new Float32Array(half);
+        for (let j = 0; j < half; j++) guidedEps[j] = eps[j] + guidanceScale * (eps[half + j] - eps[j]);
+      }
+      latents = scheduler.step(latents, guidedEps, i);
+      ctx.onProgress?.(i + 1 - first, total - first);
     }
-    latents = scheduler.step(latents, guidedEps, i);
-    ctx.onProgress?.(i + 1 - first, total - first);
+  } finally {
+    track.close();
   }
   return latents;
 }

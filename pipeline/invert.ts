@@ -49,20 +49,26 @@ export async function invert(
   const adapters = new Array<RowAdapters>(params.shape.rows).fill(params.adapters);
   const iterations = params.method === "fixed-point" ? (params.iterations ?? 3) : 0;
   let x = params.latents;
-  for (let i = 0; i < timesteps.length; i++) {
-    ctx.signal?.throwIfAborted();
-    const t = timesteps[i];
-    const aFrom = ddim.alphaAt(t - ratio), aTo = ddim.alphaAt(t);
-    const eps = (latent: Float32Array) =>
-      model.predictNoise(latent, params.shape, t, params.cond, {
-        signal: ctx.signal,
-        span: ctx.span,
-        adapters,
-      });
-    let next = ddimMove(x, await eps(x), aFrom, aTo);
-    for (let k = 0; k < iterations; k++) next = ddimMove(x, await eps(next), aFrom, aTo);
-    x = next;
-    ctx.onProgress?.(i + 1, timesteps.length);
+  const track = model.batchers.unet.openTrack();
+  try {
+    for (let i = 0; i < timesteps.length; i++) {
+      ctx.signal?.throwIfAborted();
+      const t = timesteps[i];
+      const aFrom = ddim.alphaAt(t - ratio), aTo = ddim.alphaAt(t);
+      const eps = (latent: Float32Array) =>
+        model.predictNoise(latent, params.shape, t, params.cond, {
+          signal: ctx.signal,
+          span: ctx.span,
+          adapters,
+          track,
+        });
+      let next = ddimMove(x, await eps(x), aFrom, aTo);
+      for (let k = 0; k < iterations; k++) next = ddimMove(x, await eps(next), aFrom, aTo);
+      x = next;
+      ctx.onProgress?.(i + 1, timesteps.length);
+    }
+  } finally {
+    track.close();
   }
   return x;
 }

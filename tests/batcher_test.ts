@@ -105,3 +105,67 @@ Deno.test("batcher: idle() waits for the run in flight", async () => {
   await Promise.all([call, waiting]);
   assertEquals(idle, true);
 });
+
+/** Two loops of `steps` calls each on their own tracks; `timerTurns` counts timer turns while they run. */
+async function twoLoops(batcher: Batcher<string>, steps: number) {
+  let timerTurns = 0, running = true;
+  const tick = () => {
+    if (!running) return;
+    timerTurns++;
+    setTimeout(tick, 0);
+  };
+  setTimeout(tick, 0);
+  const loop = async (start: number) => {
+    const track = batcher.openTrack();
+    try {
+      let x = start;
+      for (let i = 0; i < steps; i++) x = values(await batcher.submit(rowsOf(x), { track }))[0];
+      return x;
+    } finally {
+      track.close();
+    }
+  };
+  const results = await Promise.all([loop(1), loop(3)]);
+  running = false;
+  return { results, timerTurns };
+}
+
+Deno.test("batcher: loops on tracks run back to back (no timer turn between runs) and share every run", async () => {
+  const model = fakeModel();
+  const batcher = new Batcher<string>("fake", model.run, OPTIONS);
+  const { results, timerTurns } = await twoLoops(batcher, 50);
+  assertEquals(results, [2 ** 50, 3 * 2 ** 50]);
+  assertEquals(model.runs.map((r) => r.rows), new Array(50).fill(2), "both loops in every run");
+  assert(timerTurns <= 1, `${timerTurns} timer turns passed during 50 runs`);
+});
+
+const microtasks = async (n: number) => {
+  for (let i = 0; i < n; i++) await Promise.resolve();
+};
+
+Deno.test("batcher: a run waits for every open track's call, at most one timer turn; a closed track holds nothing", async () => {
+  const model = fakeModel();
+  const batcher = new Batcher<string>("fake", model.run, OPTIONS);
+  const a = batcher.openTrack(), b = batcher.openTrack();
+  let turned = false;
+  setTimeout(() => turned = true, 0);
+  const first = batcher.submit(rowsOf(1), { track: a });
+  await microtasks(20);
+  assertEquals(model.runs.length, 0, "b has not queued its call yet");
+  const second = batcher.submit(rowsOf(2), { track: b });
+  await microtasks(20);
+  assertEquals([model.runs.map((r) => r.rows), turned], [[2], false], "with both queued it ran at once");
+  assertEquals([values(await first), values(await second)], [[2], [4]]);
+
+  // b never submits again: a's next call runs after one timer turn, not never
+  const alone = await batcher.submit(rowsOf(3), { track: a });
+  assertEquals([values(alone), model.runs.length], [[6], 2]);
+  b.close();
+  turned = false;
+  setTimeout(() => turned = true, 0);
+  const next = batcher.submit(rowsOf(4), { track: a });
+  await microtasks(20);
+  assertEquals([model.runs.length, turned], [3, false], "with b closed, a alone runs at once");
+  assertEquals(values(await next), [8]);
+  a.close();
+});
