@@ -3,15 +3,23 @@
     python3 training/lora.py train  --work DIR --name smooth-lora   --lam 1 [--steps N] [--device cuda]
     python3 training/lora.py train  --work DIR --name baseline-lora --lam 0
     python3 training/lora.py export --work DIR --name smooth-lora --out FILE.safetensors
+    python3 training/lora.py train  --work DIR --name smooth-lora --lam 1 --lr 5e-4 --steps 12000 --init FILE.safetensors
 
 Base weights (the shipped model's EMA UNet and text encoder) and the VAE stay frozen; rank-8 LoRA on
 to_q, to_k, to_v and to_out.0 of every attention (attn1 and attn2). Both runs draw identical batches,
 timesteps, noises and regularizer directions from generators seeded by the step, so lambda = 0 is the
 same training with the regularizer switched off. A run resumes from DIR/<name>.pt.
+
+--init continues a published adapter (used only while DIR/<name>.pt does not exist yet): its weights,
+from the step its metadata records, so later batches are those an uninterrupted run would draw. The
+file holds no optimizer state, so AdamW starts afresh; and no regularizer target, so (lambda > 0)
+the EMA target is replayed over the batches of the --warm-target steps before it with the adapter's
+weights, instead of starting from 0. The checkpoint's "init" entry records both.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import struct
@@ -80,6 +88,20 @@ def load_lora_state(layers: dict[str, LoRALinear], state: dict[str, torch.Tensor
             layer.up.weight.copy_(state[f"{prefix}.up.weight"])
 
 
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
+    metadata = header.pop("__metadata__", {})
+    tensors = {}
+    for name, entry in header.items():
+        if entry["dtype"] != "F32":
+            raise ValueError(f"{path}: {name} is {entry['dtype']}, expected F32")
+        start, end = (8 + size + o for o in entry["data_offsets"])
+        tensors[name] = torch.frombuffer(bytearray(raw[start:end]), dtype=torch.float32).reshape(entry["shape"])
+    return tensors, metadata
+
+
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     header: dict = {"__metadata__": metadata}
     blobs, offset = [], 0
@@ -133,7 +155,34 @@ def base_file(work: Path, count: int) -> Path:
     return path
 
 
-def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, count: int, device: str) -> None:
+def draw_batch(step: int, batch: int, latents, ids, empty_ids):
+    """The step's batch, timesteps, noises and regularizer directions, from a generator seeded by the step."""
+    g = torch.Generator().manual_seed(1_000_003 * 3 + step)
+    idx = torch.randint(0, len(latents), (batch,), generator=g)
+    tokens = ids[idx].clone()
+    tokens[torch.rand(batch, generator=g) < EMPTY_CAPTION_RATE] = empty_ids
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=g)
+    eps = torch.randn(latents[idx].shape, generator=g)
+    direction = torch.randn(eps.shape, generator=g)
+    return latents[idx], tokens, t, eps, direction
+
+
+def start_from(init: Path, layers: dict[str, LoRALinear], lam: float, batch: int, lr: float) -> tuple[int, dict]:
+    """Loads a published adapter; returns (its step count, the record kept in the checkpoints)."""
+    state, meta = read_safetensors(init)
+    if int(meta["rank"]) != RANK or set(state) != set(lora_state(layers)):
+        raise ValueError(f"{init}: not a rank-{RANK} adapter of this UNet's attention")
+    for field, ours in (("lambda", lam), ("batch", batch), ("lr", lr)):
+        if float(meta[field]) != ours:
+            print(f"warning: {init} was trained with {field} {meta[field]}, this run uses {ours}")
+    load_lora_state(layers, state)
+    record = {"file": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest(), "metadata": meta,
+              "step": int(meta["steps"]), "optimizer": "fresh AdamW state at the init step (the file holds none)"}
+    return int(meta["steps"]), record
+
+
+def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, count: int, device: str,
+          init: Path | None = None, warm_target: int = 200) -> None:
     base = torch.load(base_file(work, count))
     unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
     unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
@@ -149,22 +198,33 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
     params = [p for layer in layers.values() for p in (layer.down.weight, layer.up.weight)]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     ckpt_path = work / f"{name}.pt"
-    step, elapsed, target = 0, 0.0, 0.0
+    step, elapsed, target, init_record = 0, 0.0, 0.0, None
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path)
         load_lora_state(layers, ckpt["lora"]); opt.load_state_dict(ckpt["opt"])
-        step, elapsed, target = ckpt["step"], ckpt["elapsed"], ckpt["target"]
+        step, elapsed, target, init_record = ckpt["step"], ckpt["elapsed"], ckpt["target"], ckpt.get("init")
         print(f"[{name}] resumed at step {step}")
+    elif init is not None:
+        step, init_record = start_from(init, layers, lam, batch, lr)
+        print(f"[{name}] starting from {init} at step {step}", flush=True)
+        if lam > 0 and warm_target > 0:
+            first = max(0, step - warm_target)
+            for s in range(first, step):
+                x0, tokens, t, eps, direction = (x.to(device) for x in draw_batch(s, batch, latents, ids, empty_ids))
+                with torch.no_grad():
+                    context = text_encoder(tokens)
+                _, v = denoise_with_variation(unet, x0, eps, t, context, alphas, direction, True)
+                target = v.detach().mean().item() if s == first else ema_target(target, v)
+            print(f"[{name}] target {target:.5f}: EMA replayed over steps {first}..{step - 1}'s batches; "
+                  f"on step {step - 1}'s, v mean {v.mean().item():.5f} std {v.std().item():.5f}", flush=True)
+            init_record["target"] = (f"{target!r}: EMA (rate {EMA_RATE}) replayed over the batches of steps "
+                                     f"{first}..{step - 1} with the init weights, from the first one's mean v")
+        else:
+            init_record["target"] = "0 (lambda 0: unused)" if lam == 0 else "0"
     started = time.time() - elapsed
+    first_step = step + 1
     while step < steps:
-        g = torch.Generator().manual_seed(1_000_003 * 3 + step)
-        idx = torch.randint(0, len(latents), (batch,), generator=g)
-        tokens = ids[idx].clone()
-        tokens[torch.rand(batch, generator=g) < EMPTY_CAPTION_RATE] = empty_ids
-        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=g)
-        eps = torch.randn(latents[idx].shape, generator=g)
-        direction = torch.randn(eps.shape, generator=g)
-        x0, tokens, t, eps, direction = (x.to(device) for x in (latents[idx], tokens, t, eps, direction))
+        x0, tokens, t, eps, direction = (x.to(device) for x in draw_batch(step, batch, latents, ids, empty_ids))
         with torch.no_grad():
             context = text_encoder(tokens)
         regularized = lam > 0
@@ -178,7 +238,7 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
         loss.backward()
         opt.step()
         step += 1
-        if step % 50 == 0 or step == steps:
+        if step % 50 == 0 or step == steps or step == first_step:
             if v is None:  # the baseline measures v too, for the log, without training on it
                 _, v = denoise_with_variation(unet, x0, eps, t, context, alphas, direction, True)
             log(name, step, steps, started, loss=diffusion.item(), v_mean=v.mean().item(),
@@ -186,7 +246,7 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
         if step % 100 == 0 or step == steps:
             save_checkpoint(ckpt_path, {"lora": lora_state(layers), "opt": opt.state_dict(), "step": step,
                                         "elapsed": time.time() - started, "target": target, "lam": lam,
-                                        "batch": batch, "lr": lr, "device": device})
+                                        "batch": batch, "lr": lr, "device": device, "init": init_record})
 
 
 def export(work: Path, name: str, out: Path) -> None:
@@ -196,6 +256,7 @@ def export(work: Path, name: str, out: Path) -> None:
         "format": "pt", "rank": str(RANK), "lambda": str(ckpt["lam"]), "steps": str(ckpt["step"]),
         "batch": str(ckpt["batch"]), "lr": str(ckpt["lr"]), "seconds": f"{ckpt['elapsed']:.0f}",
         "device": ckpt["device"], "base": "tiny-sd-shapes",
+        **({"init": json.dumps(ckpt["init"])} if ckpt.get("init") else {}),
     })
     print(f"wrote {out}: {len(ckpt['lora'])} tensors, {ckpt['step']} steps, lambda {ckpt['lam']}")
 
@@ -212,12 +273,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=30000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--init", type=Path, help="a published adapter (.safetensors) to continue from")
+    parser.add_argument("--warm-target", type=int, default=200, help="steps of batches the EMA target is replayed over (--init)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.command == "pack":
         print(base_file(args.work, args.count))
     elif args.command == "train":
-        train(args.work, args.name, args.lam, args.steps, args.batch, args.lr, args.count, args.device)
+        train(args.work, args.name, args.lam, args.steps, args.batch, args.lr, args.count, args.device,
+              args.init, args.warm_target)
     else:
         export(args.work, args.name, args.out)
 

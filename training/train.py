@@ -109,14 +109,15 @@ def load_vae(work: Path) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def encode_latents(work: Path, count: int) -> tuple[torch.Tensor, list[str], float]:
-    """Latent means of the training set and the scaling factor that gives them unit std."""
+def encode_latents(work: Path, count: int, vae: AutoencoderKL | None = None) -> tuple[torch.Tensor, list[str], float]:
+    """Latent means of the training set and the scaling factor that gives them unit std
+    (with DIR/vae.pt's VAE unless one is given)."""
     cache = work / f"latents-{count}.pt"
     if cache.exists():
         blob = torch.load(cache)
         return blob["latents"], blob["captions"], blob["scaling_factor"]
     images, captions = dataset(work, count)
-    vae = load_vae(work)
+    vae = (vae if vae is not None else load_vae(work)).eval()
     data = images_to_tensor(images)
     latents = torch.cat([vae.encode(data[i:i + 256])[:, :4] for i in range(0, len(data), 256)])
     scaling_factor = float(1.0 / latents.std())
