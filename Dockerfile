@@ -18,7 +18,8 @@ COPY deno.json deno.lock ./
 RUN deno install --allow-scripts=npm:onnxruntime-node@1.30.0 \
  && test -e node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime_providers_cuda.so
 COPY . .
-RUN deno cache main.ts
+# the engine worker is loaded by URL, not imported: cached by name
+RUN deno cache main.ts engine/worker.ts
 
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 # libvulkan1: the Vulkan loader, through which ONNX Runtime's WebGPU provider (Dawn) reaches the
