@@ -22,7 +22,7 @@ import type { SchedulerName } from "../pipeline/scheduler.ts";
 import { type InversionMethod, invertImage, invertToNoise } from "../pipeline/invert.ts";
 import { edit } from "../pipeline/edit.ts";
 import { type Endpoint, interpolate } from "../pipeline/interpolate.ts";
-import { psnr, ssim } from "../pipeline/metrics.ts";
+import { psnr, ssim } from "../pipeline/similarity.ts";
 import { inSpan } from "../telemetry.ts";
 import { TaskError } from "./errors.ts";
 

@@ -34,7 +34,7 @@ import { runTooLarge } from "../pipeline/cost.ts";
 import type { Config } from "../config.ts";
 import { inSpan, type Span, startSpan } from "../telemetry.ts";
 import { SpanStatusCode } from "@opentelemetry/api";
-import { ServerMetrics } from "../metrics.ts";
+import { ServerMetrics } from "../server_metrics.ts";
 
 /** The routes that run the model: refused while draining, and runnable as jobs. */
 const TASK_PATHS = [

@@ -2,7 +2,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { decodeBase64, pixels, post, withModel, withServer } from "./helpers.ts";
 import { pixelsToRgb, rgbToPixels } from "../pipeline/image.ts";
-import { psnr } from "../pipeline/metrics.ts";
+import { psnr } from "../pipeline/similarity.ts";
 import sharp from "sharp";
 
 const PROMPT = "a large red circle on a blue background";

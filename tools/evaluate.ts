@@ -20,7 +20,7 @@ import { measureIstd } from "../pipeline/istd.ts";
 import { generate } from "../pipeline/generate.ts";
 import { invertImage } from "../pipeline/invert.ts";
 import { decodeImage, encodeImage } from "../pipeline/image.ts";
-import { psnr } from "../pipeline/metrics.ts";
+import { psnr } from "../pipeline/similarity.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
 import type { RowAdapters } from "../loras/pack.ts";
 import { runPython } from "./python.ts";
