@@ -10,20 +10,14 @@ import { RegistryError, type RegistryErrorCode } from "../loras/registry.ts";
 import { AdapterError } from "../loras/adapter.ts";
 import type { AppliedAdapter } from "../loras/pack.ts";
 import type { RgbImage } from "../pipeline/image.ts";
-import {
-  encodePrompts,
-  generate,
-  initialNoise,
-  type LatentShape,
-  type TaskContext,
-  type Timings,
-} from "../pipeline/generate.ts";
+import { encodePrompts, generate, initialNoise } from "../pipeline/generate.ts";
+import type { LatentShape } from "../pipeline/denoise.ts";
+import { stage, StageClock, type TaskContext, type Timings } from "../pipeline/stage.ts";
 import type { SchedulerName } from "../pipeline/scheduler.ts";
 import { type InversionMethod, invertImage, invertToNoise } from "../pipeline/invert.ts";
 import { edit } from "../pipeline/edit.ts";
 import { type Endpoint, interpolate } from "../pipeline/interpolate.ts";
 import { psnr, ssim } from "../pipeline/similarity.ts";
-import { inSpan } from "../telemetry.ts";
 import { TaskError } from "./errors.ts";
 
 /** What a response reports of each adapter it ran with. */
@@ -147,7 +141,7 @@ interface Resolved {
 
 async function resolveAdapters(registry: AdapterRegistry, specs: AdapterSpec[], ctx: TaskContext) {
   if (specs.length === 0) return { applied: [], report: [], release: () => {} } satisfies Resolved;
-  return await inSpan("adapter.resolve", ctx.span, async (): Promise<Resolved> => {
+  return await stage(ctx, "adapter.resolve", async (): Promise<Resolved> => {
     try {
       const { applied, release } = await registry.acquire(specs);
       const report = applied.map(({ adapter, scale }) => ({
@@ -184,15 +178,17 @@ const similarity = (a: RgbImage, b: RgbImage): Similarity => ({
 export class Tasks {
   constructor(readonly model: DiffusionModel, readonly registry: AdapterRegistry) {}
 
-  /** Runs `fn` with the request's adapters held; its result reports them. */
-  async #withAdapters<T extends { timings: Timings }>(
+  /** Runs `fn` as one task with the request's adapters held; its result reports them and its timings. */
+  async #run<T>(
     specs: AdapterSpec[],
     ctx: TaskContext,
-    fn: (adapters: AppliedAdapter[]) => Promise<T>,
-  ): Promise<T & { adapters: AdapterReport[] }> {
-    const { applied, report, release } = await resolveAdapters(this.registry, specs, ctx);
+    fn: (adapters: AppliedAdapter[], task: TaskContext) => Promise<T>,
+  ): Promise<T & Reported> {
+    const clock = new StageClock();
+    const task = { ...ctx, clock };
+    const { applied, report, release } = await resolveAdapters(this.registry, specs, task);
     try {
-      return { ...await fn(applied), adapters: report };
+      return { ...await fn(applied, task), adapters: report, timings: clock.timings() };
     } finally {
       release();
     }
@@ -200,13 +196,13 @@ export class Tasks {
 
   generate(input: GenerateInput, ctx: TaskContext): Promise<GenerateOutput> {
     const { lora, ...params } = input;
-    return this.#withAdapters(lora, ctx, (adapters) => generate(this.model, { ...params, adapters }, ctx));
+    return this.#run(lora, ctx, (adapters, task) => generate(this.model, { ...params, adapters }, task));
   }
 
   invert(input: InvertInput, ctx: TaskContext): Promise<InvertOutput> {
     const { lora, ...params } = input;
-    return this.#withAdapters(lora, ctx, async (adapters) => {
-      const result = await invertImage(this.model, { ...params, adapters }, ctx);
+    return this.#run(lora, ctx, async (adapters, task) => {
+      const result = await invertImage(this.model, { ...params, adapters }, task);
       return {
         latent: result.latent,
         shape: result.shape,
@@ -216,7 +212,6 @@ export class Tasks {
           upper_bound: similarity(result.vaeReconstruction, input.image),
           vs_vae_reconstruction: similarity(result.reconstruction, result.vaeReconstruction),
         },
-        timings: result.timings,
       };
     });
   }
@@ -227,7 +222,7 @@ export class Tasks {
    */
   edit(input: EditInput, ctx: TaskContext): Promise<EditOutput> {
     const { lora, source } = input;
-    return this.#withAdapters(lora, ctx, async (adapters) => {
+    return this.#run(lora, ctx, async (adapters, task) => {
       let start: Latent, reconstruction: RgbImage | undefined;
       if ("image" in source && input.returnReconstruction) {
         const inverted = await invertImage(this.model, {
@@ -237,18 +232,18 @@ export class Tasks {
           method: input.method,
           guidanceScale: input.guidanceScale,
           adapters,
-        }, ctx);
+        }, task);
         start = { latent: inverted.latent, shape: inverted.shape };
         reconstruction = inverted.reconstruction;
       } else if ("image" in source) {
-        const [cond] = await encodePrompts(this.model, [input.sourcePrompt], ctx);
+        const [cond] = await encodePrompts(this.model, [input.sourcePrompt], task);
         start = await invertToNoise(this.model, {
           image: source.image,
           cond,
           steps: input.steps,
           method: input.method,
           adapters,
-        }, ctx);
+        }, task);
       } else {
         start = source;
       }
@@ -260,7 +255,7 @@ export class Tasks {
         steps: input.steps,
         guidanceScale: input.guidanceScale,
         adapters,
-      }, ctx);
+      }, task);
       if (reconstruction === undefined && input.returnReconstruction) {
         reconstruction = (await edit(this.model, {
           ...start,
@@ -270,19 +265,19 @@ export class Tasks {
           steps: input.steps,
           guidanceScale: input.guidanceScale,
           adapters,
-        }, ctx)).image;
+        }, task)).image;
       }
-      return { image: edited.image, reconstruction, ...start, timings: edited.timings };
+      return { image: edited.image, reconstruction, ...start };
     });
   }
 
   interpolate(input: InterpolateInput, ctx: TaskContext): Promise<InterpolateOutput> {
-    return this.#withAdapters(input.lora, ctx, async (adapters) => {
+    return this.#run(input.lora, ctx, async (adapters, task) => {
       const [fromEmbedding, toEmbedding, uncond] = await encodePrompts(this.model, [
         input.from.prompt,
         input.to.prompt,
         "",
-      ], ctx);
+      ], task);
       const endpoint = async (end: EndpointInput, embedding: Float32Array): Promise<Endpoint> => {
         if ("seed" in end) {
           return {
@@ -297,7 +292,7 @@ export class Tasks {
           steps: input.steps,
           method: input.method,
           adapters,
-        }, ctx);
+        }, task);
         return { latent, embedding };
       };
       const [from, to] = await Promise.all([
@@ -318,7 +313,7 @@ export class Tasks {
         guidanceScale: input.guidanceScale,
         uncond,
         adapters,
-      }, ctx);
+      }, task);
     });
   }
 

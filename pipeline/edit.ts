@@ -4,18 +4,11 @@
  * target prompt. r = 0 reproduces the reconstruction; r = 1 follows the target from the start.
  */
 import type { DiffusionModel } from "./model.ts";
-import {
-  decodeToImages,
-  denoise,
-  encodePrompts,
-  type LatentShape,
-  type TaskContext,
-  timed,
-  type Timings,
-} from "./generate.ts";
+import { decodeToImages, encodePrompts } from "./generate.ts";
+import { denoise, type LatentShape } from "./denoise.ts";
+import { stage, type TaskContext } from "./stage.ts";
 import type { RgbImage } from "./image.ts";
 import type { RowAdapters } from "../loras/pack.ts";
-import { inSpan } from "../telemetry.ts";
 
 export interface EditParams {
   /** x_T [1, C, h, w] of the source image. */
@@ -38,25 +31,23 @@ export async function edit(
   model: DiffusionModel,
   params: EditParams,
   ctx: TaskContext,
-): Promise<{ image: RgbImage; timings: Timings }> {
-  const timings: Timings = {};
-  const [source, target, uncond] = await timed(
-    timings,
-    "text_encode_ms",
-    () => encodePrompts(model, [params.sourcePrompt, params.targetPrompt, ""], ctx),
+): Promise<{ image: RgbImage }> {
+  const [source, target, uncond] = await encodePrompts(
+    model,
+    [params.sourcePrompt, params.targetPrompt, ""],
+    ctx,
   );
   const switchAt = switchStep(params.ratio, params.steps);
-  const latents = await timed(timings, "denoise_ms", () =>
-    inSpan("denoise", ctx.span, () =>
-      denoise(model, {
-        latents: params.latent,
-        shape: params.shape,
-        steps: params.steps,
-        scheduler: "ddim",
-        guidanceScale: params.guidanceScale,
-        adapters: params.adapters,
-        conditioning: (i) => ({ cond: i < switchAt ? source : target, uncond }),
-      }, ctx), { ratio: params.ratio, switch_step: switchAt }));
-  const [image] = await timed(timings, "decode_ms", () => decodeToImages(model, latents, params.shape, ctx));
-  return { image, timings };
+  const latents = await stage(ctx, "denoise", () =>
+    denoise(model, {
+      latents: params.latent,
+      shape: params.shape,
+      steps: params.steps,
+      scheduler: "ddim",
+      guidanceScale: params.guidanceScale,
+      adapters: params.adapters,
+      conditioning: (i) => ({ cond: i < switchAt ? source : target, uncond }),
+    }, ctx), { ratio: params.ratio, switch_step: switchAt });
+  const [image] = await decodeToImages(model, latents, params.shape, ctx);
+  return { image };
 }

@@ -1,19 +1,16 @@
 /**
- * Text-to-image, written as the sequential loop a paper would print. Every model call goes
- * through the model's batchers, so concurrent requests share runs without this code knowing.
+ * Text-to-image and img2img, written as the sequential loop a paper would print, and the stages
+ * the other tasks share with them (text encoding, VAE encoding and decoding, seeded noise). Every
+ * model call goes through the model's batchers, so concurrent requests share runs without this
+ * code knowing.
  */
 import type { DiffusionModel } from "./model.ts";
-import { createScheduler, type SchedulerName } from "./scheduler.ts";
+import type { SchedulerName } from "./scheduler.ts";
 import { gaussianNoise } from "./rng.ts";
 import { pixelsToRgb, type RgbImage, rgbToPixels } from "./image.ts";
-import { inSpan, type Span } from "../telemetry.ts";
+import { denoise, type LatentShape } from "./denoise.ts";
+import { stage, type TaskContext } from "./stage.ts";
 import type { RowAdapters } from "../loras/pack.ts";
-
-export interface TaskContext {
-  signal?: AbortSignal;
-  span?: Span;
-  onProgress?: (step: number, total: number) => void;
-}
 
 export interface GenerateParams {
   prompt: string;
@@ -35,19 +32,8 @@ export interface GenerateParams {
   init?: { image: RgbImage; strength: number };
 }
 
-export interface Timings {
-  [stage: string]: number;
-}
-
 export interface GenerateResult {
   images: { image: RgbImage; seed: number }[];
-  timings: Timings;
-}
-
-export interface LatentShape {
-  rows: number;
-  height: number;
-  width: number;
 }
 
 /** Image i of a request uses seed + i, so any one image can be reproduced alone. */
@@ -73,7 +59,7 @@ export async function encodePrompts(
   prompts: string[],
   ctx: TaskContext,
 ): Promise<Float32Array[]> {
-  return await inSpan("text_encode", ctx.span, async () => {
+  return await stage(ctx, "text_encode", async () => {
     const all = await model.encodeText(prompts, { signal: ctx.signal, span: ctx.span });
     const size = all.length / prompts.length;
     return prompts.map((_, i) => all.subarray(i * size, (i + 1) * size));
@@ -86,101 +72,17 @@ export function repeatRows(rows: Float32Array, times: number): Float32Array {
   return out;
 }
 
-function concat(a: Float32Array, b: Float32Array): Float32Array {
-  const out = new Float32Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-export interface DenoiseParams {
-  /** x_T for `shape.rows` images; with `start`, the noise added to its latent. */
-  latents: Float32Array;
-  /** Begin at step `index` from `x0` noised to that step's level (img2img) instead of from x_T. */
-  start?: { x0: Float32Array; index: number };
-  shape: LatentShape;
-  steps: number;
-  scheduler: SchedulerName;
-  guidanceScale: number;
-  /** LoRA adapters applied to every row. */
-  adapters: RowAdapters;
-  /** Text embeddings per image ([rows, 77, hidden]) for each step index: lets editing switch prompts. */
-  conditioning: (stepIndex: number) => { cond: Float32Array; uncond: Float32Array };
-}
-
-/**
- * The denoising loop with classifier-free guidance: eps = eps_u + w (eps_c - eps_u). The
- * unconditional and conditional rows of a request travel in one UNet call.
- */
-export async function denoise(
-  model: DiffusionModel,
-  params: DenoiseParams,
-  ctx: TaskContext,
-): Promise<Float32Array> {
-  const { shape, guidanceScale } = params;
-  const scheduler = createScheduler(params.scheduler, model.schedule, params.steps);
-  const guided = guidanceScale !== 1;
-  const rowAdapters = new Array<RowAdapters>(guided ? 2 * shape.rows : shape.rows).fill(params.adapters);
-  const total = scheduler.timesteps.length;
-  const first = Math.min(params.start?.index ?? 0, total);
-  let latents: Float32Array = !params.start
-    ? params.latents.map((v) => v * scheduler.initNoiseSigma)
-    : first < total
-    ? scheduler.addNoise(params.start.x0, params.latents, first)
-    : params.start.x0; // no steps left: the image's own latent
-  // the loop's track: its steps run back to back with every other loop's (batcher.ts)
-  const track = model.batchers.unet.openTrack();
-  try {
-    for (let i = first; i < total; i++) {
-      ctx.signal?.throwIfAborted();
-      const t = scheduler.timesteps[i];
-      const { cond, uncond } = params.conditioning(i);
-      const input = scheduler.scaleModelInput(latents, i);
-      const rows = guided ? 2 * shape.rows : shape.rows;
-      const eps = await model.predictNoise(
-        guided ? concat(input, input) : input,
-        { ...shape, rows },
-        t,
-        guided ? concat(uncond, cond) : cond,
-        { signal: ctx.signal, span: ctx.span, adapters: rowAdapters, track },
-      );
-      let guidedEps = eps;
-      if (guided) {
-        const half = latents.length;
-        guidedEps = new Float32Array(half);
-        for (let j = 0; j < half; j++) guidedEps[j] = eps[j] + guidanceScale * (eps[half + j] - eps[j]);
-      }
-      latents = scheduler.step(latents, guidedEps, i);
-      ctx.onProgress?.(i + 1 - first, total - first);
-    }
-  } finally {
-    track.close();
-  }
-  return latents;
-}
-
 export async function decodeToImages(
   model: DiffusionModel,
   latents: Float32Array,
   shape: LatentShape,
   ctx: TaskContext,
 ): Promise<RgbImage[]> {
-  const pixels = await inSpan(
-    "vae.decode",
-    ctx.span,
-    () => model.decodeLatents(latents, shape, { signal: ctx.signal, span: ctx.span }),
-  );
-  const width = shape.width * 8, height = shape.height * 8;
-  return Array.from({ length: shape.rows }, (_, i) => pixelsToRgb(pixels, i, width, height));
-}
-
-export async function timed<T>(timings: Timings, stage: string, fn: () => Promise<T>): Promise<T> {
-  const start = performance.now();
-  try {
-    return await fn();
-  } finally {
-    timings[stage] = Math.round((performance.now() - start) * 10) / 10;
-  }
+  return await stage(ctx, "vae.decode", async () => {
+    const pixels = await model.decodeLatents(latents, shape, { signal: ctx.signal, span: ctx.span });
+    const width = shape.width * 8, height = shape.height * 8;
+    return Array.from({ length: shape.rows }, (_, i) => pixelsToRgb(pixels, i, width, height));
+  });
 }
 
 /** An image's latent (the VAE encoder's mean), scaled as the UNet takes it. */
@@ -189,9 +91,9 @@ export async function encodeToLatent(
   image: RgbImage,
   ctx: TaskContext,
 ): Promise<Float32Array> {
-  return await inSpan(
+  return await stage(
+    ctx,
     "vae.encode",
-    ctx.span,
     () =>
       model.encodeImages(rgbToPixels(image), { rows: 1, height: image.height, width: image.width }, {
         signal: ctx.signal,
@@ -213,29 +115,22 @@ export async function generate(
   params: GenerateParams,
   ctx: TaskContext,
 ): Promise<GenerateResult> {
-  const timings: Timings = {};
   const shape: LatentShape = { rows: params.numImages, height: params.height / 8, width: params.width / 8 };
   const seeds = imageSeeds(params.seed, params.numImages);
-  const [cond, uncond] = (await timed(
-    timings,
-    "text_encode_ms",
-    () => encodePrompts(model, [params.prompt, params.negativePrompt], ctx),
-  )).map((embedding) => repeatRows(embedding, params.numImages));
-  const start = params.init && params.init.strength < 1
-    ? await timed(timings, "image_encode_ms", () => encodeInit(model, params, ctx))
-    : undefined;
-  const latents = await timed(timings, "denoise_ms", () =>
-    inSpan("denoise", ctx.span, () =>
-      denoise(model, {
-        latents: initialNoise(model, seeds, shape.height, shape.width),
-        start,
-        shape,
-        steps: params.steps,
-        scheduler: params.scheduler,
-        guidanceScale: params.guidanceScale,
-        adapters: params.adapters,
-        conditioning: () => ({ cond, uncond }),
-      }, ctx), { steps: params.steps, scheduler: params.scheduler }));
-  const images = await timed(timings, "decode_ms", () => decodeToImages(model, latents, shape, ctx));
-  return { images: images.map((image, i) => ({ image, seed: seeds[i] })), timings };
+  const [cond, uncond] = (await encodePrompts(model, [params.prompt, params.negativePrompt], ctx))
+    .map((embedding) => repeatRows(embedding, params.numImages));
+  const start = params.init && params.init.strength < 1 ? await encodeInit(model, params, ctx) : undefined;
+  const latents = await stage(ctx, "denoise", () =>
+    denoise(model, {
+      latents: initialNoise(model, seeds, shape.height, shape.width),
+      start,
+      shape,
+      steps: params.steps,
+      scheduler: params.scheduler,
+      guidanceScale: params.guidanceScale,
+      adapters: params.adapters,
+      conditioning: () => ({ cond, uncond }),
+    }, ctx), { steps: params.steps, scheduler: params.scheduler });
+  const images = await decodeToImages(model, latents, shape, ctx);
+  return { images: images.map((image, i) => ({ image, seed: seeds[i] })) };
 }

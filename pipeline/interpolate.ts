@@ -6,17 +6,11 @@
  * in [0, 1]) and their standard deviation, ISTD (Guo et al., CVPR 2024, supplement A.3).
  */
 import type { DiffusionModel } from "./model.ts";
-import {
-  decodeToImages,
-  denoise,
-  type LatentShape,
-  type TaskContext,
-  timed,
-  type Timings,
-} from "./generate.ts";
+import { decodeToImages } from "./generate.ts";
+import { denoise, type LatentShape } from "./denoise.ts";
+import { stage, type TaskContext } from "./stage.ts";
 import type { RgbImage } from "./image.ts";
 import type { RowAdapters } from "../loras/pack.ts";
-import { inSpan } from "../telemetry.ts";
 
 export interface Endpoint {
   /** x_T [1, C, h, w]. */
@@ -82,7 +76,6 @@ export interface InterpolateResult {
   frames: RgbImage[];
   distances: number[];
   istd: number;
-  timings: Timings;
 }
 
 export async function interpolate(
@@ -90,35 +83,26 @@ export async function interpolate(
   params: InterpolateParams,
   ctx: TaskContext,
 ): Promise<InterpolateResult> {
-  const timings: Timings = {};
   const etas = Array.from({ length: params.frames }, (_, k) => k / (params.frames - 1));
   let done = 0;
   const total = params.frames * params.steps;
-  const latents = await timed(
-    timings,
-    "denoise_ms",
-    () =>
-      inSpan("denoise", ctx.span, () =>
-        Promise.all(etas.map((eta) =>
-          denoise(model, {
-            latents: slerp(params.from.latent, params.to.latent, eta),
-            shape: params.shape,
-            steps: params.steps,
-            scheduler: "ddim",
-            guidanceScale: params.guidanceScale,
-            adapters: params.adapters,
-            conditioning: ((cond) => () => ({ cond, uncond: params.uncond }))(
-              lerp(params.from.embedding, params.to.embedding, eta),
-            ),
-          }, { ...ctx, onProgress: () => ctx.onProgress?.(++done, total) })
-        )), { frames: params.frames }),
-  );
-  const frames = await timed(
-    timings,
-    "decode_ms",
-    async () =>
-      (await Promise.all(latents.map((latent) => decodeToImages(model, latent, params.shape, ctx)))).flat(),
-  );
+  const latents = await stage(ctx, "denoise", () =>
+    Promise.all(etas.map((eta) =>
+      denoise(model, {
+        latents: slerp(params.from.latent, params.to.latent, eta),
+        shape: params.shape,
+        steps: params.steps,
+        scheduler: "ddim",
+        guidanceScale: params.guidanceScale,
+        adapters: params.adapters,
+        conditioning: ((cond) => () => ({ cond, uncond: params.uncond }))(
+          lerp(params.from.embedding, params.to.embedding, eta),
+        ),
+      }, { ...ctx, onProgress: () => ctx.onProgress?.(++done, total) })
+    )), { frames: params.frames });
+  const frames =
+    (await Promise.all(latents.map((latent) => decodeToImages(model, latent, params.shape, ctx))))
+      .flat();
   const distances = adjacentDistances(frames);
-  return { frames, distances, istd: standardDeviation(distances), timings };
+  return { frames, distances, istd: standardDeviation(distances) };
 }

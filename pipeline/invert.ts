@@ -8,18 +8,10 @@
  */
 import type { DiffusionModel } from "./model.ts";
 import { ddimMove, DdimScheduler } from "./scheduler.ts";
-import {
-  decodeToImages,
-  denoise,
-  encodePrompts,
-  encodeToLatent,
-  type LatentShape,
-  type TaskContext,
-  timed,
-  type Timings,
-} from "./generate.ts";
+import { decodeToImages, encodePrompts, encodeToLatent } from "./generate.ts";
+import { denoise, type LatentShape } from "./denoise.ts";
+import { stage, type TaskContext } from "./stage.ts";
 import type { RgbImage } from "./image.ts";
-import { inSpan } from "../telemetry.ts";
 import type { RowAdapters } from "../loras/pack.ts";
 
 export const INVERSION_METHODS = ["ddim", "fixed-point"] as const;
@@ -90,10 +82,8 @@ export interface InvertImageResult {
   reconstruction: RgbImage;
   /** The VAE's own reconstruction (decode(encode(image))): the upper bound of any inversion. */
   vaeReconstruction: RgbImage;
-  timings: Timings;
 }
 
-/** Scaled latent x_0 of an 8-bit image. */
 /** x_T of an image: encode it, then invert under the conditional embedding `cond`. */
 export async function invertToNoise(
   model: DiffusionModel,
@@ -108,19 +98,15 @@ export async function invertToNoise(
 ): Promise<{ latent: Float32Array; shape: LatentShape }> {
   const shape: LatentShape = { rows: 1, height: params.image.height / 8, width: params.image.width / 8 };
   const x0 = await encodeToLatent(model, params.image, ctx);
-  const latent = await inSpan(
-    "invert",
-    ctx.span,
-    () =>
-      invert(model, {
-        latents: x0,
-        shape,
-        steps: params.steps,
-        method: params.method,
-        cond: params.cond,
-        adapters: params.adapters,
-      }, ctx),
-  );
+  const latent = await stage(ctx, "invert", () =>
+    invert(model, {
+      latents: x0,
+      shape,
+      steps: params.steps,
+      method: params.method,
+      cond: params.cond,
+      adapters: params.adapters,
+    }, ctx), { method: params.method, steps: params.steps });
   return { latent, shape };
 }
 
@@ -129,50 +115,33 @@ export async function invertImage(
   params: InvertImageParams,
   ctx: TaskContext,
 ): Promise<InvertImageResult> {
-  const timings: Timings = {};
   const shape: LatentShape = { rows: 1, height: params.image.height / 8, width: params.image.width / 8 };
-  const x0 = await timed(timings, "vae_encode_ms", () => encodeToLatent(model, params.image, ctx));
-  const [cond, uncond] = await timed(
-    timings,
-    "text_encode_ms",
-    () => encodePrompts(model, [params.prompt, ""], ctx),
-  );
-  const latent = await timed(
-    timings,
-    "invert_ms",
-    () =>
-      inSpan("invert", ctx.span, () =>
-        invert(model, {
-          latents: x0,
-          shape,
-          steps: params.steps,
-          method: params.method,
-          cond,
-          adapters: params.adapters,
-        }, {
-          ...ctx,
-          onProgress: (k, n) => ctx.onProgress?.(k, 2 * n),
-        }), { method: params.method, steps: params.steps }),
-  );
-  const reconstructed = await timed(
-    timings,
-    "denoise_ms",
-    () =>
-      inSpan("denoise", ctx.span, () =>
-        denoise(model, {
-          latents: latent,
-          shape,
-          steps: params.steps,
-          scheduler: "ddim",
-          guidanceScale: params.guidanceScale,
-          adapters: params.adapters,
-          conditioning: () => ({ cond, uncond }),
-        }, { ...ctx, onProgress: (k, n) => ctx.onProgress?.(n + k, 2 * n) })),
-  );
+  const x0 = await encodeToLatent(model, params.image, ctx);
+  const [cond, uncond] = await encodePrompts(model, [params.prompt, ""], ctx);
+  const latent = await stage(ctx, "invert", () =>
+    invert(model, {
+      latents: x0,
+      shape,
+      steps: params.steps,
+      method: params.method,
+      cond,
+      adapters: params.adapters,
+    }, {
+      ...ctx,
+      onProgress: (k, n) => ctx.onProgress?.(k, 2 * n),
+    }), { method: params.method, steps: params.steps });
+  const reconstructed = await stage(ctx, "denoise", () =>
+    denoise(model, {
+      latents: latent,
+      shape,
+      steps: params.steps,
+      scheduler: "ddim",
+      guidanceScale: params.guidanceScale,
+      adapters: params.adapters,
+      conditioning: () => ({ cond, uncond }),
+    }, { ...ctx, onProgress: (k, n) => ctx.onProgress?.(n + k, 2 * n) }));
   // Decoded one after the other, so the reconstruction is decoded exactly as /edit decodes its result.
-  const [reconstruction, vaeReconstruction] = await timed(timings, "decode_ms", async () => [
-    ...(await decodeToImages(model, reconstructed, shape, ctx)),
-    ...(await decodeToImages(model, x0, shape, ctx)),
-  ]);
-  return { latent, shape, reconstruction, vaeReconstruction, timings };
+  const [reconstruction] = await decodeToImages(model, reconstructed, shape, ctx);
+  const [vaeReconstruction] = await decodeToImages(model, x0, shape, ctx);
+  return { latent, shape, reconstruction, vaeReconstruction };
 }

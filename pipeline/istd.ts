@@ -5,7 +5,8 @@
  * Prompts and noises are fixed by the caller, so models and adapters are compared on the same work.
  */
 import type { DiffusionModel } from "./model.ts";
-import { encodePrompts, initialNoise, type TaskContext } from "./generate.ts";
+import { encodePrompts, initialNoise } from "./generate.ts";
+import type { TaskContext } from "./stage.ts";
 import { adjacentDistances, interpolate } from "./interpolate.ts";
 import type { RowAdapters } from "../loras/pack.ts";
 import { forEachConcurrently } from "./concurrency.ts";

@@ -8,7 +8,8 @@ import { encodeImage, MIME_TYPES, type OutputFormat, type RgbImage } from "../pi
 import { randomSeed } from "../pipeline/rng.ts";
 import { adapterSpecs, readImage, type TaskRouteDeps } from "./image_routes.ts";
 import { jobProgress } from "./jobs.ts";
-import { inSpan, type Span } from "../telemetry.ts";
+import { stage, StageClock, type TaskContext } from "../pipeline/stage.ts";
+import type { Span } from "../telemetry.ts";
 
 type Reply = "json" | "sse" | OutputFormat;
 
@@ -62,9 +63,9 @@ export function negotiate(accept: string | undefined, numImages: number): Reply 
 export async function encodeImages(
   images: { image: RgbImage; seed: number }[],
   format: OutputFormat,
-  span?: Span,
+  ctx: TaskContext,
 ) {
-  return await inSpan("image.encode", span, () =>
+  return await stage(ctx, "image.encode", () =>
     Promise.all(images.map(async ({ image, seed }) => ({
       bytes: await encodeImage(image, format),
       seed,
@@ -139,13 +140,9 @@ async function respond(
   const run = async (onProgress?: (step: number, total: number) => void) => {
     const started = performance.now();
     const result = await deps.engine.call("generate", input, { signal, span, onProgress });
-    const encodeStart = performance.now();
-    const encoded = await encodeImages(result.images, format, span);
-    const timings = {
-      ...result.timings,
-      image_encode_ms: Math.round((performance.now() - encodeStart) * 10) / 10,
-      total_ms: Math.round((performance.now() - started) * 10) / 10,
-    };
+    const clock = new StageClock(result.timings);
+    const encoded = await encodeImages(result.images, format, { span, clock });
+    const timings = { ...clock.timings(), total_ms: Math.round((performance.now() - started) * 10) / 10 };
     return { encoded, timings, adapters: result.adapters };
   };
   const jsonBody = ({ encoded, timings, adapters }: Awaited<ReturnType<typeof run>>) => ({

@@ -17,8 +17,9 @@ import { runTooLarge } from "../pipeline/cost.ts";
 import { encodeImage, type OutputFormat, type RgbImage } from "../pipeline/image.ts";
 import { type FitMode, ImageInputError, type ImageLimits, readImageInput } from "../pipeline/image_input.ts";
 import { decodeLatent, encodeLatent, LatentError } from "../pipeline/latent_codec.ts";
-import type { LatentShape } from "../pipeline/generate.ts";
-import { inSpan, type Span } from "../telemetry.ts";
+import type { LatentShape } from "../pipeline/denoise.ts";
+import { stage, StageClock } from "../pipeline/stage.ts";
+import type { Span } from "../telemetry.ts";
 import sharp from "sharp";
 
 /** What the task routes use: the engine, admission, and the limits on uploaded images. */
@@ -145,9 +146,10 @@ export async function handleInvert(
       guidanceScale: body.guidance_scale,
       lora: adapterSpecs(body.lora),
     }, { signal: signalOf(c), span });
-    const reconstruction = await inSpan(
+    const clock = new StageClock(result.timings);
+    const reconstruction = await stage(
+      { span, clock },
       "image.encode",
-      span,
       () => imageJson(result.reconstruction, body.output_format),
     );
     const { image: _image, lora: _lora, ...echoed } = body;
@@ -156,7 +158,7 @@ export async function handleInvert(
       reconstruction,
       metrics: result.metrics,
       parameters: { ...echoed, ...(result.adapters.length ? { lora: result.adapters } : {}) },
-      timings: result.timings,
+      timings: clock.timings(),
     });
   } finally {
     release();
@@ -187,14 +189,22 @@ export async function handleEdit(
       lora: adapterSpecs(body.lora),
     }, { signal: signalOf(c), span });
     const { image: _image, latent: _latent, lora: _lora, ...echoed } = body;
+    const clock = new StageClock(result.timings);
+    const [edited, reconstruction] = await stage(
+      { span, clock },
+      "image.encode",
+      () =>
+        Promise.all([
+          imageJson(result.image, body.output_format),
+          result.reconstruction && imageJson(result.reconstruction, body.output_format),
+        ]),
+    );
     return c.json({
-      images: [await imageJson(result.image, body.output_format)],
-      ...(result.reconstruction
-        ? { reconstruction: await imageJson(result.reconstruction, body.output_format) }
-        : {}),
+      images: [edited],
+      ...(reconstruction ? { reconstruction } : {}),
       latent: latentJson(result.latent, result.shape),
       parameters: { ...echoed, ...(result.adapters.length ? { lora: result.adapters } : {}) },
-      timings: result.timings,
+      timings: clock.timings(),
     });
   } finally {
     release();
@@ -241,9 +251,10 @@ export async function handleInterpolate(c: Context, deps: TaskRouteDeps, body: I
       guidanceScale: body.guidance_scale,
       lora: adapterSpecs(body.lora),
     }, { signal: signalOf(c), span });
-    const frames = await inSpan(
+    const clock = new StageClock(result.timings);
+    const frames = await stage(
+      { span, clock },
       "image.encode",
-      span,
       () => Promise.all(result.frames.map((f) => imageJson(f, body.output_format))),
     );
     const animation = body.animation === "none"
@@ -267,7 +278,7 @@ export async function handleInterpolate(c: Context, deps: TaskRouteDeps, body: I
         to: describe(toBody),
         ...(result.adapters.length ? { lora: result.adapters } : {}),
       },
-      timings: result.timings,
+      timings: clock.timings(),
     });
   } finally {
     release();

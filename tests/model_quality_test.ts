@@ -6,7 +6,8 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { checkParity, readFixture } from "../tools/parity.ts";
 import { DiffusionModel } from "../pipeline/model.ts";
-import { decodeToImages, denoise, initialNoise } from "../pipeline/generate.ts";
+import { decodeToImages, initialNoise } from "../pipeline/generate.ts";
+import { denoise } from "../pipeline/denoise.ts";
 import { assertClose, FIXTURES_DIR, MODEL_DIR, post, testConfig, withServer } from "./helpers.ts";
 import { pythonReady, runPython } from "../tools/python.ts";
 
