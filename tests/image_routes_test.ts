@@ -1,7 +1,9 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import sharp from "sharp";
-import { decodeBase64, pixels, post, withModel, withServer } from "./helpers.ts";
+import { decodeBase64, pixels, post, testConfig, withServer } from "./helpers.ts";
 import { ImageInputError, readImageInput } from "../pipeline/image_input.ts";
+import { loadServing } from "../engine/load.ts";
+import { Tasks } from "../engine/tasks.ts";
 
 const PROMPT = "a large green circle on a black background";
 const OTHER = "a small red square on a white background";
@@ -317,20 +319,24 @@ Deno.test("inversion: the model's own images reconstruct, and fixed-point invers
 });
 
 Deno.test("ISTD: the mean over prompts of the std of adjacent-frame distances, as /interpolate reports per pair", async () => {
-  const { measureIstd } = await import("../pipeline/istd.ts");
+  const { istdOf } = await import("../pipeline/istd.ts");
   await withServer({}, async ({ url }) => {
     const prompts = [PROMPT, OTHER];
     const seeds: [number, number][] = [[11, 12], [13, 14]];
-    const measured = await withModel((model) =>
-      measureIstd(model, {
-        prompts,
-        seeds,
+    // in process, through the engine's interpolate task as tools/evaluate.ts measures it
+    const { model, adapters } = await loadServing(testConfig());
+    const measured = await Promise.all(prompts.map((prompt, i) =>
+      new Tasks(model, adapters).interpolate({
+        from: { prompt, seed: seeds[i][0] },
+        to: { prompt, seed: seeds[i][1] },
+        shape: { rows: 1, height: model.info.nativeHeight / 8, width: model.info.nativeWidth / 8 },
         frames: 4,
         steps: 6,
+        method: "ddim",
         guidanceScale: 7.5,
-        adapters: [],
-      })
-    );
+        lora: [],
+      }, {})
+    )).then(istdOf).finally(() => model.release());
     const viaApi = await Promise.all(prompts.map(async (prompt, i) => {
       const res = await post(`${url}/interpolate`, {
         from: { prompt, seed: seeds[i][0] },

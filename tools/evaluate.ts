@@ -6,6 +6,8 @@
  * - accuracy: all-attributes and per-attribute accuracy of generated images, read by the training
  *   tools' evaluator;
  * - inversion: PSNR of DDIM inversion + reconstruction of real drawings, and the VAE's bound.
+ * The work runs in process through the engine's task entry points (engine/tasks.ts), as the
+ * server's requests do.
  *
  *   deno task evaluate [--lora org/name[@revision]]... [--scale 1] [--metrics istd,accuracy,inversion]
  *                      [--prompts 100] [--steps 50] [--json FILE]
@@ -16,13 +18,10 @@
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config.ts";
 import { loadServing } from "../engine/load.ts";
-import { measureIstd } from "../pipeline/istd.ts";
-import { generate } from "../pipeline/generate.ts";
-import { invertImage } from "../pipeline/invert.ts";
+import { type InterpolateOutput, Tasks } from "../engine/tasks.ts";
+import { istdOf } from "../pipeline/istd.ts";
 import { decodeImage, encodeImage } from "../pipeline/image.ts";
-import { psnr } from "../pipeline/similarity.ts";
-import type { DiffusionModel } from "../pipeline/model.ts";
-import type { RowAdapters } from "../loras/pack.ts";
+import type { AdapterSpec } from "../loras/registry.ts";
 import { runPython } from "./python.ts";
 import { forEachConcurrently } from "../pipeline/concurrency.ts";
 
@@ -58,16 +57,25 @@ function mean(values: number[]): number {
   return values.reduce((s, v) => s + v, 0) / values.length;
 }
 
-async function istd(model: DiffusionModel, adapters: RowAdapters) {
+/** Per prompt, the interpolation between two fixed seeds' noises with that prompt at both ends. */
+async function istd(tasks: Tasks, lora: AdapterSpec[]) {
   const base = Number(values["seed-base"]);
-  const result = await measureIstd(model, {
-    prompts: pairs.map(([caption]) => caption),
-    seeds: pairs.map((_, i) => [base + 2 * i, base + 2 * i + 1]),
-    frames: Number(values.frames),
-    steps,
-    guidanceScale: GUIDANCE,
-    adapters,
+  const { nativeHeight, nativeWidth } = tasks.model.info;
+  const runs = new Array<InterpolateOutput>(pairs.length);
+  await forEachConcurrently(pairs.length, 8, async (i) => {
+    const prompt = pairs[i][0];
+    runs[i] = await tasks.interpolate({
+      from: { prompt, seed: base + 2 * i },
+      to: { prompt, seed: base + 2 * i + 1 },
+      shape: { rows: 1, height: nativeHeight / 8, width: nativeWidth / 8 },
+      frames: Number(values.frames),
+      steps,
+      method: "ddim",
+      guidanceScale: GUIDANCE,
+      lora,
+    }, {});
   });
+  const result = istdOf(runs);
   return {
     istd: result.istd,
     mean_adjacent_distance: result.meanDistance,
@@ -78,21 +86,21 @@ async function istd(model: DiffusionModel, adapters: RowAdapters) {
   };
 }
 
-async function accuracy(model: DiffusionModel, adapters: RowAdapters, dir: string) {
+async function accuracy(tasks: Tasks, lora: AdapterSpec[], dir: string) {
   await Deno.mkdir(`${dir}/generated`);
   await forEachConcurrently(pairs.length, 16, async (i) => {
     const [prompt, seed] = pairs[i];
-    const { images } = await generate(model, {
+    const { images } = await tasks.generate({
       prompt,
       negativePrompt: "",
-      width: model.info.nativeWidth,
-      height: model.info.nativeHeight,
+      width: tasks.model.info.nativeWidth,
+      height: tasks.model.info.nativeHeight,
       steps,
       guidanceScale: GUIDANCE,
       seed,
       scheduler: "ddim",
       numImages: 1,
-      adapters,
+      lora,
     }, {});
     await Deno.writeFile(`${dir}/generated/${i}.png`, await encodeImage(images[0].image, "png"));
   });
@@ -109,7 +117,7 @@ async function accuracy(model: DiffusionModel, adapters: RowAdapters, dir: strin
   return { accuracy_all: scores.all, accuracy: scores };
 }
 
-async function inversion(model: DiffusionModel, adapters: RowAdapters, dir: string) {
+async function inversion(tasks: Tasks, lora: AdapterSpec[], dir: string) {
   await runPython([
     `${TRAINING}render.py`,
     "--pairs",
@@ -122,26 +130,28 @@ async function inversion(model: DiffusionModel, adapters: RowAdapters, dir: stri
   const reconstruction: number[] = [], vaeBound: number[] = [];
   await forEachConcurrently(pairs.length, 16, async (i) => {
     const image = await decodeImage(await Deno.readFile(`${dir}/real/${i}.png`));
-    const result = await invertImage(model, {
+    const { metrics } = await tasks.invert({
       image,
       prompt: pairs[i][0],
       steps,
       method: "ddim",
       guidanceScale: 1,
-      adapters,
+      lora,
     }, {});
-    reconstruction[i] = psnr(result.reconstruction, image);
-    vaeBound[i] = psnr(result.vaeReconstruction, image);
+    reconstruction[i] = metrics.psnr;
+    vaeBound[i] = metrics.upper_bound.psnr;
   });
   return { inversion_psnr_db: mean(reconstruction), vae_bound_psnr_db: mean(vaeBound) };
 }
 
 const config = loadConfig();
 const { location, model, adapters: registry } = await loadServing(config);
-const specs = values.lora!.map((spec) => {
+const tasks = new Tasks(model, registry);
+const specs: AdapterSpec[] = values.lora!.map((spec) => {
   const [repo, revision = "main"] = spec.split("@");
   return { repo, revision, scale: Number(values.scale) };
 });
+// resolved once up front: named in the report, and held for the whole run (each task holds them too)
 const { applied, release } = await registry.acquire(specs);
 const scratch = await Deno.makeTempDir({ prefix: "evaluate-" });
 const report: Record<string, unknown> = {
@@ -155,10 +165,10 @@ try {
   for (const metric of metrics) {
     const started = performance.now();
     const result = metric === "istd"
-      ? await istd(model, applied)
+      ? await istd(tasks, specs)
       : metric === "accuracy"
-      ? await accuracy(model, applied, scratch)
-      : await inversion(model, applied, scratch);
+      ? await accuracy(tasks, specs, scratch)
+      : await inversion(tasks, specs, scratch);
     Object.assign(report, result, {
       [`${metric}_seconds`]: Math.round((performance.now() - started) / 1000),
     });
