@@ -22,6 +22,7 @@ import { type GenerateNative, type OffRule, refuseUnlessOff, translateErrors } f
 type CachedAdapter = { repo: string; revision: string; commit: string; file: string };
 import { isClientGone, isDeadline, isShutdown, SHUTDOWN_ERROR } from "./access.ts";
 import { listenProgress } from "./jobs.ts";
+import type { Route } from "./route.ts";
 
 type Body = Record<string, unknown>;
 type Kind = "txt2img" | "img2img";
@@ -435,10 +436,8 @@ function ended(c: Context, error: unknown, task: Task): unknown {
   return new ApiError(500, "internal", "internal error");
 }
 
-export function a1111Routes(
-  app: { get: (path: string, h: Handler) => unknown; post: (path: string, h: Handler) => unknown },
-  deps: Deps,
-) {
+/** The /sdapi/v1 routes, for the route table: txt2img and img2img are model tasks. */
+export function a1111Routes(deps: Deps): Route[] {
   const { model, cachedAdapters, generate } = deps;
   const tasks = new Set<Task>();
 
@@ -583,10 +582,7 @@ export function a1111Routes(
     };
   }
 
-  app.post("/sdapi/v1/txt2img", run("txt2img"));
-  app.post("/sdapi/v1/img2img", run("img2img"));
-
-  app.get("/sdapi/v1/progress", (c) => {
+  const progress: Handler = (c) => {
     const now = Date.now(), running = [...tasks];
     const step = running.reduce((sum, t) => sum + t.step, 0);
     const steps = running.reduce((sum, t) => sum + t.total, 0);
@@ -620,9 +616,9 @@ export function a1111Routes(
       current_image: null,
       textinfo: null,
     });
-  });
+  };
 
-  app.post("/sdapi/v1/interrupt", (c) => {
+  const interrupt: Handler = (c) => {
     const wanted = c.req.query("id_task");
     let interrupted = 0;
     for (const task of tasks) {
@@ -632,49 +628,17 @@ export function a1111Routes(
       interrupted++;
     }
     return c.json({ interrupted });
-  });
+  };
 
-  app.get(
-    "/sdapi/v1/sd-models",
-    (c) =>
-      c.json([{ title: model, model_name: model, hash: null, sha256: null, filename: model, config: null }]),
-  );
-  app.get(
-    "/sdapi/v1/samplers",
-    (c) =>
-      c.json(
-        SAMPLERS.map((s) => ({ name: s.name, aliases: s.aliases, options: { scheduler: s.scheduler } })),
-      ),
-  );
-  app.get(
-    "/sdapi/v1/schedulers",
-    (c) =>
-      c.json([{
-        name: "automatic",
-        label: "Automatic",
-        aliases: null,
-        default_rho: -1,
-        need_inner_model: false,
-      }]),
-  );
-  app.get("/sdapi/v1/loras", async (c) =>
+  const loras: Handler = async (c) =>
     c.json((await cachedAdapters()).map((a) => ({
       name: a.repo.split("/")[1],
       alias: a.repo,
       path: `${a.repo}/${a.file}`,
       metadata: { repo: a.repo, revision: a.revision, commit: a.commit, file: a.file },
-    }))));
-  app.get(
-    "/sdapi/v1/options",
-    (c) =>
-      c.json({
-        sd_model_checkpoint: model,
-        CLIP_stop_at_last_layers: 1,
-        sd_vae: "Automatic",
-        samples_format: "png",
-      }),
-  );
-  app.post("/sdapi/v1/options", (c) =>
+    })));
+
+  const setOptions: Handler = (c) =>
     translateErrors(c, async () => {
       const body = await c.req.json().catch(() => {
         throw new ApiError(400, "invalid_json", "body: not valid JSON", "body");
@@ -684,5 +648,45 @@ export function a1111Routes(
       }
       refuseSettings(model, body, false, "");
       return c.json(null);
-    }, a1111Error));
+    }, a1111Error);
+
+  const listing = (path: string, reply: unknown): Route => ({
+    method: "GET",
+    path,
+    task: false,
+    handler: (c) => c.json(reply),
+  });
+  return [
+    { method: "POST", path: "/sdapi/v1/txt2img", task: true, handler: run("txt2img") },
+    { method: "POST", path: "/sdapi/v1/img2img", task: true, handler: run("img2img") },
+    { method: "GET", path: "/sdapi/v1/progress", task: false, handler: progress },
+    { method: "POST", path: "/sdapi/v1/interrupt", task: false, handler: interrupt },
+    listing("/sdapi/v1/sd-models", [{
+      title: model,
+      model_name: model,
+      hash: null,
+      sha256: null,
+      filename: model,
+      config: null,
+    }]),
+    listing(
+      "/sdapi/v1/samplers",
+      SAMPLERS.map((s) => ({ name: s.name, aliases: s.aliases, options: { scheduler: s.scheduler } })),
+    ),
+    listing("/sdapi/v1/schedulers", [{
+      name: "automatic",
+      label: "Automatic",
+      aliases: null,
+      default_rho: -1,
+      need_inner_model: false,
+    }]),
+    { method: "GET", path: "/sdapi/v1/loras", task: false, handler: loras },
+    listing("/sdapi/v1/options", {
+      sd_model_checkpoint: model,
+      CLIP_stop_at_last_layers: 1,
+      sd_vae: "Automatic",
+      samples_format: "png",
+    }),
+    { method: "POST", path: "/sdapi/v1/options", task: false, handler: setOptions },
+  ];
 }

@@ -9,6 +9,8 @@
 import type { Context, Hono, MiddlewareHandler } from "hono";
 import { ApiError, errorBody } from "./errors.ts";
 import type { Admission } from "./admission.ts";
+import type { Route } from "./route.ts";
+import { jsonError, jsonOk } from "./openapi.ts";
 
 type Status = "running" | "succeeded" | "failed" | "cancelled";
 
@@ -149,7 +151,8 @@ export function respondAsync(
   };
 }
 
-export function jobRoutes(app: Hono<any>, jobs: JobStore) {
+/** GET and DELETE /v1/jobs/:id, for the route table. */
+export function jobRoutes(jobs: JobStore): Route[] {
   const find = (c: Context) => {
     const job = jobs.get(c.req.param("id")!);
     if (!job) {
@@ -157,25 +160,54 @@ export function jobRoutes(app: Hono<any>, jobs: JobStore) {
     }
     return job;
   };
-  app.get("/v1/jobs/:id", (c) => {
-    const job = find(c);
-    if (!job.reply) {
-      c.header("Retry-After", "1");
-      return c.json(statusBody(job), job.status === "running" ? 202 : 200);
-    }
-    const headers = new Headers(job.reply.headers);
-    headers.set("X-Job-Id", job.id);
-    headers.set("X-Job-Status", job.status);
-    return new Response(job.reply.body as Uint8Array<ArrayBuffer>, { status: job.reply.status, headers });
-  });
-  app.delete("/v1/jobs/:id", (c) => {
-    const job = find(c);
-    if (job.finished === undefined) {
-      job.controller.abort(new DOMException("the job was cancelled", "AbortError"));
-      jobs.finish(job, "cancelled");
-      return c.json(statusBody(job), 200);
-    }
-    jobs.delete(job.id);
-    return c.body(null, 204);
-  });
+  const unknown = jsonError("No such job, or a finished one no longer kept");
+  return [{
+    method: "GET",
+    path: "/v1/jobs/:id",
+    task: false,
+    handler: (c) => {
+      const job = find(c);
+      if (!job.reply) {
+        c.header("Retry-After", "1");
+        return c.json(statusBody(job), job.status === "running" ? 202 : 200);
+      }
+      const headers = new Headers(job.reply.headers);
+      headers.set("X-Job-Id", job.id);
+      headers.set("X-Job-Status", job.status);
+      return new Response(job.reply.body as Uint8Array<ArrayBuffer>, { status: job.reply.status, headers });
+    },
+    doc: {
+      summary: "A job of a task route run with `Prefer: respond-async`",
+      description:
+        "While it runs, its status and progress; once finished, the reply the request would have had " +
+        "(its status, headers and body), with X-Job-Id and X-Job-Status.",
+      responses: {
+        "200": jsonOk("The job's reply (or the status of a cancelled job)"),
+        "202": jsonOk("{id, route, status, progress?, created_at} while it runs; see Retry-After"),
+        "404": unknown,
+      },
+    },
+  }, {
+    method: "DELETE",
+    path: "/v1/jobs/:id",
+    task: false,
+    handler: (c) => {
+      const job = find(c);
+      if (job.finished === undefined) {
+        job.controller.abort(new DOMException("the job was cancelled", "AbortError"));
+        jobs.finish(job, "cancelled");
+        return c.json(statusBody(job), 200);
+      }
+      jobs.delete(job.id);
+      return c.body(null, 204);
+    },
+    doc: {
+      summary: "Cancel a running job, or forget a finished one",
+      responses: {
+        "200": jsonOk("The cancelled job's status"),
+        "204": { description: "The finished job is forgotten" },
+        "404": unknown,
+      },
+    },
+  }];
 }

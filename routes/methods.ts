@@ -1,9 +1,9 @@
 /**
- * The app's routes and the methods each takes, read from the app itself: a request for a route by
- * a method it does not take gets 405 with `Allow` (OPTIONS gets 204 with it), and metrics label
- * requests only with these routes and a fixed set of methods, whatever a client sends.
+ * The routes of the route table and the methods each takes: a request for a route by a method it
+ * does not take gets 405 with `Allow` (OPTIONS gets 204 with it), and metrics label requests only
+ * with these routes and a fixed set of methods, whatever a client sends.
  */
-import type { Context, Hono } from "hono";
+import type { Context } from "hono";
 import { errorBody } from "./errors.ts";
 
 /** Method labels: the standard ones a client may send to this server; anything else is "other". */
@@ -14,23 +14,18 @@ export function methodLabel(method: string): string {
   return METHOD_LABELS.has(method) ? method : "other";
 }
 
-interface Route {
+interface PathMethods {
   pattern: string;
   regex: RegExp;
   methods: string[];
 }
 
-export class RouteTable {
-  #routes?: Route[];
+export class RouteMatcher {
+  readonly #routes: PathMethods[];
 
-  /** `app`'s routes are read on first use, once every route has been added. */
-  constructor(readonly app: Hono<any>) {}
-
-  #table(): Route[] {
-    if (this.#routes) return this.#routes;
+  constructor(routes: { method: string; path: string }[]) {
     const byPattern = new Map<string, Set<string>>();
-    for (const { path, method } of this.app.routes) {
-      if (method === "ALL") continue; // middleware
+    for (const { path, method } of routes) {
       const methods = byPattern.get(path) ?? new Set();
       methods.add(method);
       if (method === "GET") methods.add("HEAD"); // Hono answers HEAD with the GET handler
@@ -47,12 +42,11 @@ export class RouteTable {
       ),
       methods: ORDER.filter((m) => methods.has(m)),
     }));
-    return this.#routes;
   }
 
   /** The route `path` belongs to, if any. */
-  match(path: string): Route | undefined {
-    return this.#table().find((route) => route.regex.test(path));
+  match(path: string): PathMethods | undefined {
+    return this.#routes.find((route) => route.regex.test(path));
   }
 
   /** The label of `path` in metrics: its route's pattern, or "unmatched". */

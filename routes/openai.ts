@@ -9,6 +9,7 @@
 import type { Context } from "hono";
 import { ApiError } from "./errors.ts";
 import { type GenerateNative, type OffRule, refuseUnlessOff, translateErrors } from "./compat.ts";
+import type { Route } from "./route.ts";
 
 const EXTENSIONS = ["seed", "steps", "guidance_scale", "negative_prompt", "scheduler", "lora"] as const;
 /** OpenAI fields, each with the values that mean "nothing asked of the server" (null always does). */
@@ -157,22 +158,28 @@ function respond(c: Context, run: () => Promise<Response>) {
   });
 }
 
-export function openAiRoutes(
-  app: { post: (path: string, handler: (c: Context) => Promise<Response>) => unknown },
-  modelId: string,
-  generate: GenerateNative,
-) {
-  app.post("/v1/images/generations", (c) =>
-    respond(c, async () => {
-      const body = await c.req.json().catch(() => {
-        throw new ApiError(400, "invalid_json", "body: not valid JSON", "body");
-      });
-      return generate(c, translate(body ?? {}, modelId));
-    }));
-  app.post("/v1/images/edits", (c) =>
-    respond(c, async () => {
-      const body = await editBody(c);
-      if (body.image === undefined) throw new ApiError(400, "invalid_request", "image: required", "image");
-      return generate(c, translate(body, modelId));
-    }));
+/** POST /v1/images/generations and /v1/images/edits, for the route table: model tasks both. */
+export function openAiRoutes(modelId: string, generate: GenerateNative): Route[] {
+  return [{
+    method: "POST",
+    path: "/v1/images/generations",
+    task: true,
+    handler: (c) =>
+      respond(c, async () => {
+        const body = await c.req.json().catch(() => {
+          throw new ApiError(400, "invalid_json", "body: not valid JSON", "body");
+        });
+        return generate(c, translate(body ?? {}, modelId));
+      }),
+  }, {
+    method: "POST",
+    path: "/v1/images/edits",
+    task: true,
+    handler: (c) =>
+      respond(c, async () => {
+        const body = await editBody(c);
+        if (body.image === undefined) throw new ApiError(400, "invalid_request", "image: required", "image");
+        return generate(c, translate(body, modelId));
+      }),
+  }];
 }

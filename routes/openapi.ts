@@ -1,25 +1,29 @@
-/** /openapi.json, generated from the same zod schemas that validate requests, and /docs from it. */
+/**
+ * /openapi.json, generated from the route table (table.ts): each documented route with its request
+ * schema, the zod schema that validates it; and /docs, a page made from the document.
+ */
 import { z } from "zod";
-import { errorSchema, generateResponseSchema } from "./schemas.ts";
+import { errorSchema } from "./schemas.ts";
+import type { ResponseDoc, Route, RouteDoc } from "./route.ts";
 
 const errorRef = { $ref: "#/components/schemas/Error" };
-const jsonError = (description: string) => ({
+export const jsonError = (description: string): ResponseDoc => ({
   description,
   content: { "application/json": { schema: errorRef } },
 });
-const jsonOk = (description: string, schema?: z.ZodType) => ({
+export const jsonOk = (description: string, schema?: z.ZodType): ResponseDoc => ({
   description,
   content: { "application/json": { schema: schema ? z.toJSONSchema(schema) : { type: "object" } } },
 });
 
-const ADAPTER_ERRORS = {
+export const ADAPTER_ERRORS = {
   "403": jsonError("The adapter is outside the allowlist, or the hub refused the server's token"),
   "404": jsonError("Unknown adapter repo, revision or file (or not cached, offline)"),
   "422": jsonError("The adapter file is corrupt or fits no module of the loaded model"),
   "502": jsonError("The hub failed"),
   "504": jsonError("The hub timed out"),
 };
-const IMAGE_ERRORS = {
+export const IMAGE_ERRORS = {
   "400": jsonError("Malformed JSON, a wrong type or value, or an undecodable image; `field` names it"),
   "408": jsonError("The body did not arrive within BODY_READ_TIMEOUT_MS"),
   "413": jsonError("The body or the image is too large"),
@@ -27,23 +31,52 @@ const IMAGE_ERRORS = {
   "429": jsonError("Too many requests in flight; see Retry-After"),
 };
 
-function taskPath(summary: string, description: string, schema: z.ZodType, reply: string) {
+/** What every model task may also answer (Route.task). */
+const TASK_RESPONSES = {
+  "202": jsonOk("With `Prefer: respond-async`: the job, at once; `Location` is its /v1/jobs/{id}"),
+  "503": jsonError("The server is draining or its engine is restarting; see Retry-After"),
+};
+
+/** The operation of an image task route: its reply and the errors of images and adapters. */
+export function imageTaskDoc(summary: string, description: string, reply: string): RouteDoc {
+  return { summary, description, responses: { "200": jsonOk(reply), ...IMAGE_ERRORS, ...ADAPTER_ERRORS } };
+}
+
+function operation(route: Route, doc: RouteDoc) {
+  const parameters = [...route.path.matchAll(/:(\w+)/g)].map(([, name]) => ({
+    name,
+    in: "path",
+    required: true,
+    schema: { type: "string" },
+  }));
   return {
-    post: {
-      summary,
-      description,
-      requestBody: {
-        required: true,
-        content: { "application/json": { schema: z.toJSONSchema(schema, { io: "input" }) } },
-      },
-      responses: { "200": jsonOk(reply), ...IMAGE_ERRORS, ...ADAPTER_ERRORS },
-    },
+    summary: doc.summary,
+    ...(doc.description ? { description: doc.description } : {}),
+    ...(parameters.length ? { parameters } : {}),
+    ...(route.request
+      ? {
+        requestBody: {
+          required: true,
+          content: { "application/json": { schema: z.toJSONSchema(route.request, { io: "input" }) } },
+        },
+      }
+      : {}),
+    responses: { ...doc.responses, ...(route.task ? TASK_RESPONSES : {}) },
   };
 }
 
-export function openApiDocument(
-  schemas: { generate: z.ZodType; invert: z.ZodType; edit: z.ZodType; interpolate: z.ZodType },
-) {
+/** `/v1/jobs/:id` as OpenAPI writes it: `/v1/jobs/{id}`. */
+export function openApiPath(path: string): string {
+  return path.replace(/:(\w+)/g, "{$1}");
+}
+
+export function openApiDocument(routes: Route[]) {
+  const paths: Record<string, Record<string, ReturnType<typeof operation>>> = {};
+  for (const route of routes) {
+    if (!route.doc) continue;
+    const path = openApiPath(route.path);
+    paths[path] = { ...paths[path], [route.method.toLowerCase()]: operation(route, route.doc) };
+  }
   return {
     openapi: "3.1.0",
     info: {
@@ -52,74 +85,7 @@ export function openApiDocument(
       description:
         "Text-to-image with Smooth-LoRA adapters over ONNX Runtime, with per-timestep continuous batching.",
     },
-    paths: {
-      "/generate": {
-        post: {
-          summary: "Generate images from a prompt",
-          description:
-            "Reply by Accept: application/json (default), image/png|webp|jpeg (one image, raw bytes), " +
-            "or text/event-stream (`progress` events with {step, total}, then one `result` event).",
-          requestBody: {
-            required: true,
-            content: { "application/json": { schema: z.toJSONSchema(schemas.generate, { io: "input" }) } },
-          },
-          responses: {
-            "200": {
-              ...jsonOk(
-                "Images with their seeds, the parameters used and per-stage timings",
-                generateResponseSchema,
-              ),
-              content: {
-                ...jsonOk("", generateResponseSchema).content,
-                "image/png": { schema: { type: "string", format: "binary" } },
-                "text/event-stream": { schema: { type: "string" } },
-              },
-            },
-            "400": jsonError("Malformed JSON, a wrong type or an out-of-range value; `field` names it"),
-            "406": jsonError("A raw image was asked for more than one image"),
-            "408": jsonError("The body did not arrive within BODY_READ_TIMEOUT_MS"),
-            "413": jsonError("The body is too large"),
-            "429": jsonError("Too many requests in flight; see Retry-After"),
-          },
-        },
-      },
-      "/invert": taskPath(
-        "Invert an image to its x_T",
-        "DDIM inversion (or fixed-point refined inversion) conditioned on the prompt, then a reconstruction from x_T.",
-        schemas.invert,
-        "{latent: {shape, dtype, data}, reconstruction, metrics: {psnr, ssim, upper_bound, vs_vae_reconstruction}, parameters, timings}",
-      ),
-      "/edit": taskPath(
-        "Edit an image by switching prompts (paper Eq. 15)",
-        "From the inverted x_T (or a latent from /invert): the source prompt for the first (1 - ratio) N steps, then the target prompt.",
-        schemas.edit,
-        "{images: [image], reconstruction?, latent, parameters, timings}",
-      ),
-      "/interpolate": taskPath(
-        "Interpolate between two endpoints",
-        "slerp of x_T and lerp of the text embeddings over `frames` frames; distances are pixel L2 between adjacent frames (pixels in [0, 1]), istd their standard deviation.",
-        schemas.interpolate,
-        "{frames: [image], distances, istd, pixel_range, animation?, parameters, timings}",
-      ),
-      "/health": {
-        get: {
-          summary: "Liveness and readiness",
-          responses: { "200": jsonOk("ready"), "503": jsonOk("draining") },
-        },
-      },
-      "/health/live": { get: { summary: "Liveness", responses: { "200": jsonOk("alive") } } },
-      "/health/ready": {
-        get: { summary: "Readiness", responses: { "200": jsonOk("ready"), "503": jsonOk("draining") } },
-      },
-      "/v1/models": {
-        get: {
-          summary: "The served model, its native size, capabilities and loaded adapters",
-          responses: { "200": jsonOk("models") },
-        },
-      },
-      "/openapi.json": { get: { summary: "This document", responses: { "200": jsonOk("OpenAPI 3.1") } } },
-      "/docs": { get: { summary: "API reference page", responses: { "200": { description: "HTML" } } } },
-    },
+    paths,
     components: { schemas: { Error: z.toJSONSchema(errorSchema) } },
   };
 }
