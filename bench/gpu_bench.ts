@@ -10,7 +10,7 @@
  *     [--torch eager,compile|none] [--torch-device auto|cpu] [--plain on|off]
  *
  * In order, while the budget lasts (what it cuts is listed in the results, never overrun):
- *  1. the models (tools/make_sd15.ts, cached) and their LoRA-rewritten UNet graphs (loras/graph_cache.ts),
+ *  1. the models (support/make_sd15.ts, cached) and their LoRA-rewritten UNet graphs (loras/graph_cache.ts),
  *     while PyTorch eager runs on the GPU (training/torch_unet_bench.py; ONNX export is CPU work);
  *  2. ms per UNet `session.run` of the served UNet session (engine/load.ts loadServing: the LoRA graph, zero
  *     adapters as loras/pack.ts packs them, feeds converted at the session's edge) for each variant and
@@ -26,8 +26,9 @@ import { join } from "node:path";
 import { closedLoop, type LevelResult } from "./clients.ts";
 import { median } from "./stats.ts";
 import { loadConfig } from "../config.ts";
-import { makeSd15, type Sd15Info, type Sd15Size, type Sd15Variant } from "../tools/make_sd15.ts";
-import { PYTHON, pythonReady } from "../tools/python.ts";
+import { makeSd15, type Sd15Info, type Sd15Size, type Sd15Variant } from "../support/make_sd15.ts";
+import { PYTHON, pythonReady } from "../support/python.ts";
+import { type MainProcess, spawnMain } from "../support/main_process.ts";
 import { loraGraph } from "../loras/graph_cache.ts";
 import { packLoraFeeds } from "../loras/pack.ts";
 import { type Feeds, fromOutputs, inputSpecs, toInputs } from "../pipeline/session_io.ts";
@@ -458,7 +459,6 @@ async function serveRun(): Promise<void> {
     results.cut.push(`served /generate: no ${serveVariant} model`);
     return;
   }
-  const { spawnMain } = await import("../tests/helpers.ts");
   results.serve.image_encoder = await imageEncoder();
   // Rows the provider could not run (a buffer over the device's limit, say) would fail requests:
   // batches are capped at the largest row count that ran.
@@ -489,8 +489,7 @@ async function serveRun(): Promise<void> {
     height: resolution,
   });
   const t0 = Date.now();
-  type Server = Awaited<ReturnType<typeof spawnMain>>;
-  const servers: Partial<Record<"batched" | "unbatched", Server>> = {};
+  const servers: Partial<Record<"batched" | "unbatched", MainProcess>> = {};
   const start = async (key: "batched" | "unbatched") => {
     const t = Date.now();
     servers[key] = await spawnMain({ ...env, BATCHING: key === "batched" ? "on" : "off" }, { stderr: true });

@@ -9,8 +9,8 @@
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config.ts";
 import { startServer } from "../server.ts";
-import { FakeHub } from "../tests/hub_server.ts";
-import { randomAdapter } from "../tools/random_adapter.ts";
+import { FakeHub } from "../support/hub_server.ts";
+import { randomAdapter } from "../support/random_adapter.ts";
 import { findLoraTargets } from "../loras/graph_rewrite.ts";
 
 const { values } = parseArgs({

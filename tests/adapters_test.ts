@@ -4,11 +4,11 @@ import {
   notDeepStrictEqual as assertNotEquals,
   ok as assert,
 } from "node:assert/strict";
-import { FakeHub } from "./hub_server.ts";
+import { FakeHub } from "../support/hub_server.ts";
 import { MODEL_DIR, pixels, post, withServer } from "./helpers.ts";
 import type { RunningServer } from "../server.ts";
 import { findLoraTargets } from "../loras/graph_rewrite.ts";
-import { randomAdapter } from "../tools/random_adapter.ts";
+import { randomAdapter } from "../support/random_adapter.ts";
 
 const targets = findLoraTargets(await Deno.readFile(`${MODEL_DIR}/unet/model.onnx`));
 const fileA = randomAdapter(targets, { seed: 100, rank: 4, format: "legacy-attention-processor" });

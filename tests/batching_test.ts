@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { pixels, post, withServer } from "./helpers.ts";
-import { maxAbsDifference } from "../tools/parity.ts";
+import { maxAbsDifference } from "../support/parity.ts";
 
 const prompts = [
   "a large red circle on a blue background",

@@ -1,7 +1,7 @@
 /**
  * The GPU benchmark (`deno task bench:gpu`, bench/gpu_bench.ts) end to end at its smallest scale, on
  * the WebGPU provider: lavapipe here and in CI, a GPU where there is one. The mini SD-1.5 models
- * (made by tools/make_sd15.ts, cached), the served UNet session and the plain graph at 1 and 2 rows,
+ * (made by support/make_sd15.ts, cached), the served UNet session and the plain graph at 1 and 2 rows,
  * served /generate with batching on and off, and the PyTorch reference (float32 on the CPU here,
  * through the same report; without CUDA the benchmark's default says why it did not run). Also the sharp stand-in that the device bundle carries when libvips does
  * not fit (bench/gpu/pack.sh), against sharp itself.
@@ -13,7 +13,7 @@ import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "
 import { Buffer } from "node:buffer";
 import sharp from "sharp";
 import standIn from "../bench/gpu/sharp_standin.mjs";
-import { PYTHON, pythonReady } from "../tools/python.ts";
+import { PYTHON, pythonReady } from "../support/python.ts";
 import { webgpuUnavailable } from "./helpers.ts";
 
 if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");

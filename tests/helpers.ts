@@ -5,6 +5,7 @@ import * as ort from "onnxruntime-node";
 import { type RunningServer, startServer } from "../server.ts";
 import { loadServing } from "../engine/load.ts";
 import type { DiffusionModel } from "../pipeline/model.ts";
+import { type MainProcess, spawnMain as spawnMainProcess } from "../support/main_process.ts";
 
 export const MODEL_DIR = Deno.env.get("TEST_MODEL") ??
   new URL("../models/tiny-sd-shapes", import.meta.url).pathname;
@@ -76,46 +77,12 @@ export function assertClose(
   }
 }
 
-/**
- * `main.ts` in a child process, as `deno task start` runs it; resolves once it prints its URL.
- * With `stderr: true` its standard error (where start-up warnings go) is kept: `stderr()` returns
- * what has come so far.
- */
-export async function spawnMain(
+/** `main.ts` in a child process (support/main_process.ts), over the test model unless `env` names one. */
+export function spawnMain(
   env: Record<string, string>,
   options: { stderr?: boolean } = {},
-): Promise<{ url: string; child: Deno.ChildProcess; stop: () => Promise<void>; stderr: () => string }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--unstable-no-legacy-abort", new URL("../main.ts", import.meta.url).pathname],
-    env: { PORT: "0", HOST: "127.0.0.1", MODEL: MODEL_DIR, ...env },
-    stdout: "piped",
-    stderr: options.stderr ? "piped" : "null",
-  }).spawn();
-  let errors = "";
-  const drained = options.stderr
-    ? child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
-      new WritableStream({ write: (chunk) => void (errors += chunk) }),
-    ).catch(() => {})
-    : Promise.resolve();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let banner = "";
-  while (!/http:\/\/\S+:\d+/.test(banner)) {
-    const { value, done } = await lines.read();
-    if (done) {
-      await drained;
-      throw new Error(`main.ts exited before serving: ${banner}${errors ? `\n${errors}` : ""}`);
-    }
-    banner += value;
-  }
-  void lines.cancel().catch(() => {});
-  const stop = async () => {
-    try {
-      child.kill("SIGTERM");
-    } catch { /* already gone */ }
-    await child.status;
-    await drained;
-  };
-  return { url: banner.match(/http:\/\/\S+:\d+/)![0], child, stop, stderr: () => errors };
+): Promise<MainProcess> {
+  return spawnMainProcess({ MODEL: MODEL_DIR, ...env }, options);
 }
 
 /** Why ONNX Runtime's WebGPU provider cannot create a session here, or undefined when it can. */

@@ -6,7 +6,7 @@ import { parseSafetensors, writeSafetensors } from "../loras/safetensors.ts";
 import { mapKeys } from "../loras/keys.ts";
 import { packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
 import { gaussianNoise } from "../pipeline/rng.ts";
-import { randomAdapter } from "../tools/random_adapter.ts";
+import { randomAdapter } from "../support/random_adapter.ts";
 import { assertClose, MODEL_DIR } from "./helpers.ts";
 
 const unetBytes = await Deno.readFile(`${MODEL_DIR}/unet/model.onnx`);

@@ -4,12 +4,12 @@
  * the model card.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { checkParity, readFixture } from "../tools/parity.ts";
+import { checkParity, readFixture } from "../support/parity.ts";
 import { DiffusionModel } from "../pipeline/model.ts";
 import { decodeToImages, initialNoise } from "../pipeline/generate.ts";
 import { denoise } from "../pipeline/denoise.ts";
 import { assertClose, FIXTURES_DIR, MODEL_DIR, post, testConfig, withServer } from "./helpers.ts";
-import { pythonReady, runPython } from "../tools/python.ts";
+import { pythonReady, runPython } from "../support/python.ts";
 
 Deno.test("parity: every ONNX graph matches torch to 1e-4", async () => {
   const differences = await checkParity(`${FIXTURES_DIR}/parity`, MODEL_DIR);

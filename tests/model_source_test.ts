@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { FakeHub } from "./hub_server.ts";
+import { FakeHub } from "../support/hub_server.ts";
 import { MODEL_DIR, post, withServer } from "./helpers.ts";
 
 Deno.test("MODEL as a Hugging Face repo id: ONNX files fetched through @huggingface/hub into the Hub cache", async () => {

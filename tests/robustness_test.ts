@@ -8,11 +8,11 @@ import sharp from "sharp";
 import { metricValue, MODEL_DIR, pixels, post, spawnMain, testConfig, withServer } from "./helpers.ts";
 import { bmp, flatPng, ico, jp2, rawExchange } from "./hostile.ts";
 import { forEachConcurrently } from "../pipeline/concurrency.ts";
-import { FakeHub } from "./hub_server.ts";
+import { FakeHub } from "../support/hub_server.ts";
 import { findLoraTargets } from "../loras/graph_rewrite.ts";
-import { randomAdapter } from "../tools/random_adapter.ts";
+import { randomAdapter } from "../support/random_adapter.ts";
 import { uint32Stream } from "../pipeline/rng.ts";
-import { maxAbsDifference } from "../tools/parity.ts";
+import { maxAbsDifference } from "../support/parity.ts";
 import { createApp } from "../routes/app.ts";
 import { MAX_MESSAGE_CHARS } from "../routes/errors.ts";
 

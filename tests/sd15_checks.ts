@@ -6,7 +6,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
-import { FakeHub } from "./hub_server.ts";
+import { FakeHub } from "../support/hub_server.ts";
 import { post, withServer } from "./helpers.ts";
 import { type LoraTarget, mergeIntoWeights } from "../loras/graph_rewrite.ts";
 import { loraGraph } from "../loras/graph_cache.ts";
@@ -15,8 +15,8 @@ import { parseSafetensors } from "../loras/safetensors.ts";
 import { packLoraFeeds, type RowAdapters } from "../loras/pack.ts";
 import { fromOutputs, inputSpecs, toInputs } from "../pipeline/session_io.ts";
 import { gaussianNoise } from "../pipeline/rng.ts";
-import { randomAdapter, unetAttentionTargets, type UnetLayout } from "../tools/random_adapter.ts";
-import { maxAbsDifference } from "../tools/parity.ts";
+import { randomAdapter, unetAttentionTargets, type UnetLayout } from "../support/random_adapter.ts";
+import { maxAbsDifference } from "../support/parity.ts";
 
 export const SMOOTH_LORA_REPO = "shi-labs/smooth-diffusion-lora";
 export const SMOOTH_LORA_FILE = "smooth_lora.safetensors";

@@ -7,9 +7,9 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { join } from "node:path";
-import { pythonReady } from "../tools/python.ts";
-import { makeSd15, SD15_VARIANTS, type Sd15Variant } from "../tools/make_sd15.ts";
-import { checkParity } from "../tools/parity.ts";
+import { pythonReady } from "../support/python.ts";
+import { makeSd15, SD15_VARIANTS, type Sd15Variant } from "../support/make_sd15.ts";
+import { checkParity } from "../support/parity.ts";
 import { checkMixedBatch, checkServed } from "./sd15_checks.ts";
 
 const wanted = Deno.env.get("SD15_SCALE") === "1";

@@ -1,5 +1,5 @@
 import { ok as assert } from "node:assert/strict";
-import { pythonReady, runPython } from "../tools/python.ts";
+import { pythonReady, runPython } from "../support/python.ts";
 
 Deno.test({
   name: "training recipe smoke test: a few steps of every stage, export, ONNX parity (training/smoke.sh)",

@@ -10,7 +10,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { metricValue, pixels, post, spawnMain, webgpuUnavailable } from "./helpers.ts";
-import { maxAbsDifference } from "../tools/parity.ts";
+import { maxAbsDifference } from "../support/parity.ts";
 import { decodeLatent } from "../pipeline/latent_codec.ts";
 
 // Dawn wants a runtime directory (it complains without one); the child servers inherit it.

@@ -1,101 +1,39 @@
 /**
- * SD-1.5-scale models in the common SD ONNX layout with seeded random weights, made on demand by
- * training/make_sd15.py and cached (too large to commit).
+ * Makes (or finds cached) an SD-1.5-scale model with seeded random weights (support/make_sd15.ts).
  *
  *   deno task make-sd15 [--out DIR] [--variant fp32|fp16|scalar-timestep] [--size full|mini] [--seed N]
  *
- * Without --out the model goes to $CACHE_DIR/sd15/<size>-<variant>-seed<N>-v<format>. A directory
- * that already holds a complete model of the same kind is reused.
+ * Without --out the model goes to $CACHE_DIR/sd15/<size>-<variant>-seed<N>-v<format>.
  */
 import { parseArgs } from "node:util";
-import { join } from "node:path";
-import { loadConfig } from "../config.ts";
-import { runPython } from "./python.ts";
+import {
+  makeSd15,
+  SD15_VARIANTS,
+  sd15CacheDir,
+  type Sd15Size,
+  type Sd15Variant,
+} from "../support/make_sd15.ts";
 
-export const SD15_VARIANTS = ["fp32", "fp16", "scalar-timestep"] as const;
-export type Sd15Variant = typeof SD15_VARIANTS[number];
-export type Sd15Size = "full" | "mini";
-/** Bump with training/make_sd15.py's FORMAT_VERSION: cached models of another format are remade. */
-const FORMAT = 1;
-
-export interface Sd15Options {
-  variant: Sd15Variant;
-  size: Sd15Size;
-  seed?: number;
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    out: { type: "string" },
+    variant: { type: "string", default: "fp32" },
+    size: { type: "string", default: "full" },
+    seed: { type: "string", default: "0" },
+  },
+});
+if (!SD15_VARIANTS.includes(values.variant as Sd15Variant) || !["full", "mini"].includes(values.size!)) {
+  console.error(`--variant must be one of ${SD15_VARIANTS.join(", ")}; --size full or mini`);
+  Deno.exit(2);
 }
-
-/** What make_sd15.py records in make_sd15.json. */
-export interface Sd15Info {
-  variant: Sd15Variant;
-  size: Sd15Size;
-  seed: number;
-  format: number;
-  hidden_size: number;
-  parameters: Record<string, number>;
-  seconds: Record<string, number>;
-}
-
-export function sd15CacheDir(options: Sd15Options, cacheRoot = loadConfig().cacheDir): string {
-  return join(cacheRoot, "sd15", `${options.size}-${options.variant}-seed${options.seed ?? 0}-v${FORMAT}`);
-}
-
-async function existing(dir: string, options: Sd15Options): Promise<Sd15Info | undefined> {
-  try {
-    const info: Sd15Info = JSON.parse(await Deno.readTextFile(join(dir, "make_sd15.json")));
-    const same = info.variant === options.variant && info.size === options.size &&
-      info.seed === (options.seed ?? 0) && info.format === FORMAT;
-    return same ? info : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** The model directory, made unless it already holds this model. */
-export async function makeSd15(
-  options: Sd15Options,
-  out = sd15CacheDir(options),
-): Promise<{ dir: string; info: Sd15Info; made: boolean }> {
-  const found = await existing(out, options);
-  if (found) return { dir: out, info: found, made: false };
-  const training = new URL("../training/", import.meta.url).pathname;
-  await runPython([
-    `${training}make_sd15.py`,
-    "--out",
-    out,
-    "--variant",
-    options.variant,
-    "--size",
-    options.size,
-    "--seed",
-    String(options.seed ?? 0),
-  ], training);
-  const info = await existing(out, options);
-  if (!info) throw new Error(`make_sd15.py finished without a complete model in ${out}`);
-  return { dir: out, info, made: true };
-}
-
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      out: { type: "string" },
-      variant: { type: "string", default: "fp32" },
-      size: { type: "string", default: "full" },
-      seed: { type: "string", default: "0" },
-    },
-  });
-  if (!SD15_VARIANTS.includes(values.variant as Sd15Variant) || !["full", "mini"].includes(values.size!)) {
-    console.error(`--variant must be one of ${SD15_VARIANTS.join(", ")}; --size full or mini`);
-    Deno.exit(2);
-  }
-  const options = {
-    variant: values.variant as Sd15Variant,
-    size: values.size as Sd15Size,
-    seed: Number(values.seed),
-  };
-  const started = performance.now();
-  const { dir, info, made } = await makeSd15(options, values.out ?? sd15CacheDir(options));
-  const seconds = ((performance.now() - started) / 1000).toFixed(1);
-  console.log(made ? `made ${dir} in ${seconds} s` : `${dir} already holds this model`);
-  console.log(JSON.stringify(info));
-}
+const options = {
+  variant: values.variant as Sd15Variant,
+  size: values.size as Sd15Size,
+  seed: Number(values.seed),
+};
+const started = performance.now();
+const { dir, info, made } = await makeSd15(options, values.out ?? sd15CacheDir(options));
+const seconds = ((performance.now() - started) / 1000).toFixed(1);
+console.log(made ? `made ${dir} in ${seconds} s` : `${dir} already holds this model`);
+console.log(JSON.stringify(info));
