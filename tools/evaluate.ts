@@ -22,7 +22,7 @@ import { type InterpolateOutput, Tasks } from "../engine/tasks.ts";
 import { istdOf } from "../pipeline/istd.ts";
 import { decodeImage, encodeImage } from "../pipeline/image.ts";
 import type { AdapterSpec } from "../loras/registry.ts";
-import { runPython } from "./python.ts";
+import { runPython } from "../support/python.ts";
 import { forEachConcurrently } from "../pipeline/concurrency.ts";
 
 const METRICS = ["istd", "accuracy", "inversion"] as const;
