@@ -115,13 +115,15 @@ export class EngineClient {
     switch (message.type) {
       case "progress":
         return this.#pending.get(message.id)?.onProgress?.(message.step, message.total);
-      case "run":
+      case "runs":
         this.#state = message.state;
-        for (const listen of this.runListeners) {
-          try {
-            listen(message.rows, message.seconds);
-          } catch (error) {
-            console.error("engine run listener failed:", error); // a listener never fails the engine
+        for (const { rows, seconds } of message.runs) {
+          for (const listen of this.runListeners) {
+            try {
+              listen(rows, seconds);
+            } catch (error) {
+              console.error("engine run listener failed:", error); // a listener never fails the engine
+            }
           }
         }
         return;
@@ -198,6 +200,7 @@ export class EngineClient {
         id,
         task,
         input,
+        progress: onProgress !== undefined,
         trace: trace && { traceId: trace.traceId, spanId: trace.spanId, traceFlags: trace.traceFlags },
       });
     });

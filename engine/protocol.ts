@@ -1,7 +1,8 @@
 /**
  * The messages between the API (main thread) and an engine (a worker). The API submits tasks and
- * may cancel them; the engine answers each with progress, then one result or error, and reports
- * every batched UNet run. Each message carries plain data only (structured clone).
+ * may cancel them; the engine answers each with progress (if asked), then one result or error, and
+ * reports its batched UNet runs. Messages are few on purpose: each one wakes the API's thread, which
+ * shares the machine's cores with the model's. Each message carries plain data only (structured clone).
  */
 import type { SpanContext } from "@opentelemetry/api";
 import type { Config } from "../config.ts";
@@ -56,7 +57,8 @@ export type WireError =
 
 export type ToEngine =
   | { type: "start"; config: Config; faultInjection: boolean }
-  | { type: "submit"; id: number; task: TaskName; input: unknown; trace?: SpanContext }
+  /** `progress`: whether the caller listens to the task's steps (else none are sent). */
+  | { type: "submit"; id: number; task: TaskName; input: unknown; progress: boolean; trace?: SpanContext }
   | { type: "cancel"; id: number }
   | { type: "close" }
   /** Testing only (ENGINE_FAULT_INJECTION): the worker throws an uncaught error, as a bug would. */
@@ -68,5 +70,6 @@ export type FromEngine =
   | { type: "progress"; id: number; step: number; total: number }
   | { type: "result"; id: number; output: unknown; state: EngineState }
   | { type: "error"; id: number; error: WireError; state: EngineState }
-  | { type: "run"; rows: number; seconds: number; state: EngineState }
+  /** The batched UNet runs since the last report: sent before each reply and at most every 250 ms. */
+  | { type: "runs"; runs: { rows: number; seconds: number }[]; state: EngineState }
   | { type: "closed" };

@@ -48,15 +48,35 @@ function wireError(error: unknown, signal: AbortSignal): WireError {
   return { kind: "internal", message: error instanceof Error ? error.message : String(error) };
 }
 
+/** How often runs are reported while no reply goes out (metrics stay fresh during long tasks). */
+const RUN_REPORT_MS = 250;
+let unreported: { rows: number; seconds: number }[] = [];
+let reportTimer: ReturnType<typeof setTimeout> | undefined;
+
+function reportRuns() {
+  clearTimeout(reportTimer);
+  reportTimer = undefined;
+  if (unreported.length === 0) return;
+  post({ type: "runs", runs: unreported, state: state() });
+  unreported = [];
+}
+
+/** A task's reply, after the runs it took, so that the API's counters include them. */
+function reply(message: Extract<FromEngine, { type: "result" | "error" }>) {
+  reportRuns();
+  post(message);
+}
+
 async function start(message: Extract<ToEngine, { type: "start" }>) {
   faultInjection = message.faultInjection;
   stopTelemetry = setupTelemetry(message.config.telemetry);
   try {
     const { location, model, adapters } = await loadServing(message.config);
     tasks = new Tasks(model, adapters);
-    model.batchers.unet.observers.push((rows, seconds) =>
-      post({ type: "run", rows, seconds, state: state() })
-    );
+    model.batchers.unet.observers.push((rows, seconds) => {
+      unreported.push({ rows, seconds });
+      reportTimer ??= setTimeout(reportRuns, RUN_REPORT_MS);
+    });
     post({
       type: "ready",
       info: {
@@ -73,19 +93,21 @@ async function start(message: Extract<ToEngine, { type: "start" }>) {
   }
 }
 
-function submit({ id, task, input, trace: parent }: Extract<ToEngine, { type: "submit" }>) {
+function submit({ id, task, input, progress, trace: parent }: Extract<ToEngine, { type: "submit" }>) {
   const controller = new AbortController();
   running.set(id, controller);
   const ctx = {
     signal: controller.signal,
     // the request's span lives in the API; the engine's spans are its children, exported from here
     span: parent && trace.wrapSpanContext(parent),
-    onProgress: (step: number, total: number) => post({ type: "progress", id, step, total }),
+    onProgress: progress
+      ? (step: number, total: number) => post({ type: "progress", id, step, total })
+      : undefined,
   };
   const run = tasks![task as TaskName] as (input: unknown, c: typeof ctx) => Promise<unknown>;
   run.call(tasks, input, ctx).then(
-    (output) => post({ type: "result", id, output, state: state() }),
-    (error) => post({ type: "error", id, error: wireError(error, controller.signal), state: state() }),
+    (output) => reply({ type: "result", id, output, state: state() }),
+    (error) => reply({ type: "error", id, error: wireError(error, controller.signal), state: state() }),
   ).finally(() => running.delete(id));
 }
 
