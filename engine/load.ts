@@ -3,11 +3,13 @@ import { DiffusionModel } from "../pipeline/model.ts";
 import { resolveModel } from "../pipeline/model_source.ts";
 import { AdapterRegistry } from "../loras/registry.ts";
 import type { Config } from "../config.ts";
+import type { BatchOptions } from "../pipeline/batcher.ts";
 
-export async function loadServing(config: Config) {
+/** `nextTurn`: how the batchers start back-to-back runs (see pipeline/batcher.ts). */
+export async function loadServing(config: Config, options: Pick<BatchOptions, "nextTurn"> = {}) {
   const location = await resolveModel(config.model, config.hub);
   const model = await DiffusionModel.load(location.directory, location.name, {
-    batch: config.batch,
+    batch: { ...config.batch, ...options },
     memoryBudgetBytes: config.memoryBudgetBytes,
     executionProvider: config.executionProvider,
     cacheDir: config.cacheDir,

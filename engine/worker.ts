@@ -6,6 +6,7 @@
 import { trace } from "@opentelemetry/api";
 import { setupTelemetry } from "../telemetry.ts";
 import { loadServing } from "./load.ts";
+import { messageTurn } from "./turn.ts";
 import { Tasks } from "./tasks.ts";
 import { TaskError } from "./errors.ts";
 import type { EngineState, FromEngine, TaskName, ToEngine, WireError } from "./protocol.ts";
@@ -71,7 +72,7 @@ async function start(message: Extract<ToEngine, { type: "start" }>) {
   faultInjection = message.faultInjection;
   stopTelemetry = setupTelemetry(message.config.telemetry);
   try {
-    const { location, model, adapters } = await loadServing(message.config);
+    const { location, model, adapters } = await loadServing(message.config, { nextTurn: messageTurn });
     tasks = new Tasks(model, adapters);
     model.batchers.unet.observers.push((rows, seconds) => {
       unreported.push({ rows, seconds });

@@ -10,7 +10,8 @@
  * back, and requests at different timesteps, prompts or step counts share each of them. Calls
  * without a track (one-off text-encoder and VAE calls), or a track that has not yet queued its next
  * step, wait one timer turn, so that calls submitted in the same turn share the run. The engine
- * runs in a worker of its own, so back-to-back runs never hold up HTTP (engine/worker.ts).
+ * runs in a worker of its own, so back-to-back runs never hold up HTTP (engine/worker.ts); between
+ * them it reads its own inbox (`nextTurn`).
  */
 import * as ort from "onnxruntime-node";
 import type { Link } from "@opentelemetry/api";
@@ -28,6 +29,13 @@ export interface BatchOptions {
   enabled: boolean;
   /** Bytes a run may cost: calls join a run only while `runBytes` of its rows stays within it. */
   budgetBytes?: number;
+  /**
+   * How a run that can start at once is started: by default after the calls being submitted now
+   * (a microtask). The engine passes a turn that first reads its inbox (engine/turn.ts): onnxruntime-
+   * node runs a session synchronously, so runs chained by microtasks alone would leave new tasks
+   * and cancellations unread until the loops end.
+   */
+  nextTurn?: (start: () => void) => void;
 }
 
 /** Estimated peak bytes of one run of `rows` rows shaped like `feeds`. */
@@ -151,7 +159,7 @@ export class Batcher<Row = never> {
       clearTimeout(this.#timer);
       this.#timer = undefined;
       this.#soon = true;
-      queueMicrotask(() => {
+      (this.options.nextTurn ?? queueMicrotask)(() => {
         this.#soon = false;
         this.#pump();
       });
