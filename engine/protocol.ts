@@ -10,6 +10,7 @@ import type { MemoryPlan, ModelInfo } from "../pipeline/model.ts";
 import type { ProviderSelection } from "../pipeline/execution_provider.ts";
 import type { RunStats } from "../pipeline/batcher.ts";
 import type { Tasks } from "./tasks.ts";
+import type { AdapterRegistry } from "../loras/registry.ts";
 
 export type TaskName = "generate" | "invert" | "edit" | "interpolate" | "cachedAdapters";
 export type TaskInput<T extends TaskName> = Parameters<Tasks[T]>[0];
@@ -31,16 +32,7 @@ export interface EngineState {
   /** UNet calls waiting for a run. */
   pendingCalls: number;
   adapters: { hits: number; misses: number; downloads: number; bytes: number; resolvedRevisions: number };
-  loadedAdapters: {
-    id: string;
-    repo: string;
-    file: string;
-    commit: string;
-    format: string;
-    rank: number;
-    bytes: number;
-    in_use: number;
-  }[];
+  loadedAdapters: ReturnType<AdapterRegistry["loaded"]>;
 }
 
 /** A task's failure as it crosses: the request's fault, a stop it asked for, or the engine's. */

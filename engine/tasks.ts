@@ -10,11 +10,15 @@ import { RegistryError, type RegistryErrorCode } from "../loras/registry.ts";
 import { AdapterError } from "../loras/adapter.ts";
 import type { AppliedAdapter } from "../loras/pack.ts";
 import type { RgbImage } from "../pipeline/image.ts";
-import { encodePrompts, generate, initialNoise } from "../pipeline/generate.ts";
+import { encodePrompts, generate, type GenerateParams, initialNoise } from "../pipeline/generate.ts";
 import type { LatentShape } from "../pipeline/denoise.ts";
 import { stage, StageClock, type TaskContext, type Timings } from "../pipeline/stage.ts";
-import type { SchedulerName } from "../pipeline/scheduler.ts";
-import { type InversionMethod, invertImage, invertToNoise } from "../pipeline/invert.ts";
+import {
+  type InversionMethod,
+  invertImage,
+  type InvertImageParams,
+  invertToNoise,
+} from "../pipeline/invert.ts";
 import { edit } from "../pipeline/edit.ts";
 import { type Endpoint, interpolate } from "../pipeline/interpolate.ts";
 import { psnr, ssim } from "../pipeline/similarity.ts";
@@ -39,28 +43,12 @@ export interface Latent {
   shape: LatentShape;
 }
 
-export interface GenerateInput {
-  prompt: string;
-  negativePrompt: string;
-  width: number;
-  height: number;
-  steps: number;
-  guidanceScale: number;
-  seed: number;
-  scheduler: SchedulerName;
-  numImages: number;
-  lora: AdapterSpec[];
-  init?: { image: RgbImage; strength: number };
-}
+/** A task's input names its adapters (`lora`); the pipeline takes them resolved (`adapters`). */
+type WithAdapterSpecs<P> = Omit<P, "adapters"> & { lora: AdapterSpec[] };
 
-export interface InvertInput {
-  image: RgbImage;
-  prompt: string;
-  steps: number;
-  method: InversionMethod;
-  guidanceScale: number;
-  lora: AdapterSpec[];
-}
+export type GenerateInput = WithAdapterSpecs<GenerateParams>;
+
+export type InvertInput = WithAdapterSpecs<InvertImageParams>;
 
 export interface EditInput {
   /** The image to edit, inverted first, or its latent x_T. */

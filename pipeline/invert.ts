@@ -95,7 +95,7 @@ export async function invertToNoise(
     adapters: RowAdapters;
   },
   ctx: TaskContext,
-): Promise<{ latent: Float32Array; shape: LatentShape }> {
+): Promise<{ latent: Float32Array; shape: LatentShape; x0: Float32Array }> {
   const shape: LatentShape = { rows: 1, height: params.image.height / 8, width: params.image.width / 8 };
   const x0 = await encodeToLatent(model, params.image, ctx);
   const latent = await stage(ctx, "invert", () =>
@@ -107,7 +107,7 @@ export async function invertToNoise(
       cond: params.cond,
       adapters: params.adapters,
     }, ctx), { method: params.method, steps: params.steps });
-  return { latent, shape };
+  return { latent, shape, x0 };
 }
 
 export async function invertImage(
@@ -115,21 +115,11 @@ export async function invertImage(
   params: InvertImageParams,
   ctx: TaskContext,
 ): Promise<InvertImageResult> {
-  const shape: LatentShape = { rows: 1, height: params.image.height / 8, width: params.image.width / 8 };
-  const x0 = await encodeToLatent(model, params.image, ctx);
   const [cond, uncond] = await encodePrompts(model, [params.prompt, ""], ctx);
-  const latent = await stage(ctx, "invert", () =>
-    invert(model, {
-      latents: x0,
-      shape,
-      steps: params.steps,
-      method: params.method,
-      cond,
-      adapters: params.adapters,
-    }, {
-      ...ctx,
-      onProgress: (k, n) => ctx.onProgress?.(k, 2 * n),
-    }), { method: params.method, steps: params.steps });
+  const { latent, shape, x0 } = await invertToNoise(model, { ...params, cond }, {
+    ...ctx,
+    onProgress: (k, n) => ctx.onProgress?.(k, 2 * n),
+  });
   const reconstructed = await stage(ctx, "denoise", () =>
     denoise(model, {
       latents: latent,
