@@ -38,6 +38,8 @@ interface PendingTask {
 export type RunListener = (rows: number, seconds: number) => void;
 
 const RESTART_DELAY_MS = 1000;
+/** How long `close` waits for the engine to release its sessions and flush its spans. */
+const CLOSE_TIMEOUT_MS = 30_000;
 
 export class EngineClient {
   readonly runListeners = new Set<RunListener>();
@@ -146,8 +148,8 @@ export class EngineClient {
     switch (error.kind) {
       case "task":
         return new TaskError(error.status, error.code, error.message, error.field);
-      case "aborted":
-        return signal?.reason ?? new DOMException("aborted", "AbortError");
+      case "aborted": // by the caller, or by the engine closing under it
+        return signal?.aborted ? signal.reason : new EngineUnavailable("the model's engine stopped");
       case "internal":
         return new Error(`engine: ${error.message}`);
     }
@@ -177,6 +179,7 @@ export class EngineClient {
   call<T extends TaskName>(task: T, input: TaskInput<T>, options: CallOptions = {}): Promise<TaskOutput<T>> {
     const { signal, span, onProgress } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.#closing) return Promise.reject(new EngineUnavailable("the model's engine is stopping"));
     if (!this.#ready) {
       return Promise.reject(new EngineUnavailable("the model's engine is starting; retry shortly"));
     }
@@ -216,12 +219,16 @@ export class EngineClient {
     this.#closing = true;
     if (this.#ready) {
       const worker = this.#worker;
+      let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
         worker.addEventListener("message", (event: MessageEvent<FromEngine>) => {
           if (event.data.type === "closed") resolve();
         });
+        worker.addEventListener("error", () => resolve()); // it died closing: nothing to wait for
+        timer = setTimeout(resolve, CLOSE_TIMEOUT_MS);
         this.#post({ type: "close" });
       });
+      clearTimeout(timer);
     }
     this.#ready = false;
     this.#worker.terminate();

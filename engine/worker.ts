@@ -106,7 +106,8 @@ function submit({ id, task, input, progress, trace: parent }: Extract<ToEngine, 
       : undefined,
   };
   const run = tasks![task as TaskName] as (input: unknown, c: typeof ctx) => Promise<unknown>;
-  run.call(tasks, input, ctx).then(
+  // a task that throws before its first await still replies: it must not become an uncaught error
+  Promise.resolve().then(() => run.call(tasks, input, ctx)).then(
     (output) => reply({ type: "result", id, output, state: state() }),
     (error) => reply({ type: "error", id, error: wireError(error, controller.signal), state: state() }),
   ).finally(() => running.delete(id));
@@ -116,9 +117,12 @@ async function close() {
   for (const controller of running.values()) {
     controller.abort(new DOMException("engine closing", "AbortError"));
   }
-  await tasks?.model.release();
-  await stopTelemetry();
-  post({ type: "closed" });
+  try {
+    await tasks?.model.release();
+    await stopTelemetry();
+  } finally {
+    post({ type: "closed" }); // the API stops waiting whatever happened
+  }
 }
 
 self.onmessage = (event: MessageEvent<ToEngine>) => {

@@ -205,7 +205,12 @@ export class Batcher<Row = never> {
       0,
     );
     const waited = performance.now() - this.#queue[0].arrived;
-    if (this.options.enabled && sameKeyRows < this.options.maxRows && waited < this.options.maxWaitMs) {
+    // nothing else is coming when every open track has queued its call
+    const allQueued = this.#waiting === 0 && this.#tracks.size > 0;
+    if (
+      this.options.enabled && !allQueued && sameKeyRows < this.options.maxRows &&
+      waited < this.options.maxWaitMs
+    ) {
       this.#schedule(this.options.maxWaitMs - waited);
       return;
     }

@@ -186,8 +186,9 @@ async function respond(
         let finished = false;
         const result = outcome.finally(() => finished = true);
         while (!finished) {
+          const woken = new Promise<void>((resolve) => wake = resolve); // before sending: none is missed
           await sendSteps();
-          await Promise.race([new Promise<void>((resolve) => wake = resolve), result.catch(() => {})]);
+          await Promise.race([woken, result.catch(() => {})]);
         }
         await sendSteps();
         await stream.writeSSE({ event: "result", data: JSON.stringify(jsonBody(await result)) });
