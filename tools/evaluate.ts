@@ -17,7 +17,7 @@
  * server's requests do.
  *
  *   deno task evaluate [--lora org/name[@revision]]... [--scale 1] [--metrics istd,accuracy,inversion,edit]
- *                      [--prompts 100] [--steps 50] [--json FILE] [--keep DIR]
+ *                      [--list a|b] [--prompts 100] [--steps 50] [--json FILE] [--keep DIR]
  *   deno task istd [--lora ...]        (the same with --metrics istd)
  *
  * --json FILE also holds the per-drawing figures (inversion_cases, edit_cases); --keep DIR writes the
@@ -38,7 +38,16 @@ import { forEachConcurrently } from "../pipeline/concurrency.ts";
 
 const METRICS = ["istd", "accuracy", "inversion", "edit"] as const;
 type Metric = typeof METRICS[number];
-const HELD_OUT = new URL("../tests/fixtures/tiny-sd-shapes/held_out.json", import.meta.url).pathname;
+/**
+ * The held-out lists (training/data.py's HELD_OUT_LISTS): their (caption, seed) pairs, and the first
+ * of the noise seeds ISTD interpolates between. "b" is drawn with other seeds throughout, to check
+ * that a result on "a" holds on held-out prompts and seeds in general.
+ */
+const HELD_OUT_LISTS = {
+  a: { file: "held_out.json", istdSeedBase: 2_000_000_000 },
+  b: { file: "held_out_b.json", istdSeedBase: 2_100_000_000 },
+} as const;
+type ListName = keyof typeof HELD_OUT_LISTS;
 const TRAINING = new URL("../training/", import.meta.url).pathname;
 const GUIDANCE = 7.5;
 /** /edit's defaults, read from its request schema (the limits do not touch them). */
@@ -61,7 +70,7 @@ const { values } = parseArgs({
     prompts: { type: "string", default: "100" },
     frames: { type: "string", default: "11" },
     steps: { type: "string", default: "50" },
-    "seed-base": { type: "string", default: "2000000000" },
+    list: { type: "string", default: "a" },
     json: { type: "string" },
     keep: { type: "string" },
   },
@@ -71,6 +80,11 @@ const unknown = metrics.filter((m) => !METRICS.includes(m));
 if (unknown.length) throw new Error(`unknown metrics ${unknown.join(", ")}; known: ${METRICS.join(", ")}`);
 const count = Number(values.prompts);
 const steps = Number(values.steps);
+if (!(values.list! in HELD_OUT_LISTS)) {
+  throw new Error(`--list ${values.list}: known lists are ${Object.keys(HELD_OUT_LISTS).join(", ")}`);
+}
+const list = HELD_OUT_LISTS[values.list as ListName];
+const HELD_OUT = new URL(`../tests/fixtures/tiny-sd-shapes/${list.file}`, import.meta.url).pathname;
 const heldOut: [string, number][] = JSON.parse(await Deno.readTextFile(HELD_OUT));
 if (count > heldOut.length) throw new Error(`--prompts ${count}: only ${heldOut.length} held-out pairs`);
 const pairs = heldOut.slice(0, count);
@@ -83,7 +97,7 @@ function mean(values: number[]): number {
 
 /** Per prompt, the interpolation between two fixed seeds' noises with that prompt at both ends. */
 async function istd(tasks: Tasks, lora: AdapterSpec[]) {
-  const base = Number(values["seed-base"]);
+  const base = list.istdSeedBase;
   const { nativeHeight, nativeWidth } = tasks.model.info;
   const runs = new Array<InterpolateOutput>(pairs.length);
   await forEachConcurrently(pairs.length, 8, async (i) => {
@@ -313,6 +327,7 @@ if (values.keep) await Deno.mkdir(scratch, { recursive: true });
 const report: Record<string, unknown> = {
   model: location.name,
   adapters: applied.map((a) => `${a.adapter.id} x${a.scale}`).join(", ") || "none",
+  list: values.list,
   prompts: count,
   steps,
   guidance: GUIDANCE,
@@ -342,7 +357,7 @@ try {
   if (!values.keep) await Deno.remove(scratch, { recursive: true });
 }
 console.log(
-  `adapters: ${report.adapters}; ${count} held-out prompts, ${steps} DDIM steps, guidance ${GUIDANCE}` +
+  `adapters: ${report.adapters}; ${count} held-out prompts of list ${values.list}, ${steps} DDIM steps, guidance ${GUIDANCE}` +
     (report.istd !== undefined
       ? `; ISTD ${(report.istd as number).toFixed(4)} (pixels in [0, 1]), mean adjacent distance ${
         (report.mean_adjacent_distance as number).toFixed(3)
