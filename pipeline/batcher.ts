@@ -96,6 +96,8 @@ export class Batcher<Row = never> {
   #tracks = new Map<Track, TrackState>();
   /** Open tracks with no call queued: while there are any, a run that is not full waits a timer turn. */
   #waiting = 0;
+  /** Why the batcher was closed: calls are refused with it. */
+  #closed: Error | undefined;
 
   constructor(
     readonly name: string,
@@ -119,6 +121,20 @@ export class Batcher<Row = never> {
     while (this.#inFlight) await this.#inFlight;
   }
 
+  /**
+   * Refuses new calls, fails the queued ones with `reason`, and resolves once the run in flight (if
+   * any) is over: after it, nothing will run the session again, so it can be released.
+   */
+  close(reason: Error): Promise<void> {
+    this.#closed = reason;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const call of queued) call.reject(reason);
+    return this.idle();
+  }
+
   /** Opens a track for a loop of calls; close it when the loop ends. */
   openTrack(): Track {
     const state: TrackState = { queued: 0 };
@@ -136,6 +152,7 @@ export class Batcher<Row = never> {
 
   submit(feeds: Feeds, options: CallOptions<Row> = {}): Promise<Feeds> {
     options.signal?.throwIfAborted();
+    if (this.#closed) return Promise.reject(this.#closed);
     const rows = Object.values(feeds)[0].dims[0];
     const state = options.track && this.#tracks.get(options.track);
     return new Promise<Feeds>((resolve, reject) => {

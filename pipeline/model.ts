@@ -477,10 +477,11 @@ export class DiffusionModel {
     return result;
   }
 
-  /** Releases the sessions once no batched run is executing on them. */
+  /** Refuses further calls, fails the queued ones, and releases the sessions once no run executes. */
   async release(): Promise<void> {
     const batchers: (Batcher | Batcher<RowAdapters> | undefined)[] = Object.values(this.batchers);
-    await Promise.all(batchers.map((b) => b?.idle()));
+    const closing = new Error(`model ${this.info.name} released`);
+    await Promise.all(batchers.map((b) => b?.close(closing)));
     await releaseSessions(this.sessions);
   }
 }

@@ -106,6 +106,31 @@ Deno.test("batcher: idle() waits for the run in flight", async () => {
   assertEquals(idle, true);
 });
 
+Deno.test("batcher: close() fails the queued calls, lets the run in flight finish, and refuses calls after it", async () => {
+  let finish = () => {};
+  let runs = 0;
+  const slow = (feeds: Feeds) =>
+    new Promise<Feeds>((resolve) => {
+      runs++;
+      finish = () => resolve({ y: feeds.x });
+    });
+  const batcher = new Batcher("fake", slow, { ...OPTIONS, maxRows: 1 });
+  const inFlight = batcher.submit(rowsOf(1));
+  await new Promise((r) => setTimeout(r, 20)); // the first run has started
+  const queued = batcher.submit(rowsOf(2));
+  const reason = new Error("released");
+  let closed = false;
+  const closing = batcher.close(reason).then(() => closed = true);
+  await assertRejects(queued, (e) => e === reason);
+  assertEquals(closed, false, "closed while a run executes");
+  await assertRejects(batcher.submit(rowsOf(3)), (e) => e === reason);
+  finish();
+  assertEquals(values(await inFlight), [1]);
+  await closing;
+  await new Promise((r) => setTimeout(r, 20));
+  assertEquals(runs, 1, "a run started after close");
+});
+
 /** Two loops of `steps` calls each on their own tracks; `timerTurns` counts timer turns while they run. */
 async function twoLoops(batcher: Batcher<string>, steps: number) {
   let timerTurns = 0, running = true;
