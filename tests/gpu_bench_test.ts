@@ -4,7 +4,7 @@
  * (made by support/make_sd15.ts, cached), the served UNet session and the plain graph at 1 and 2 rows,
  * served /generate with batching on and off, and the PyTorch reference (float32 on the CPU here,
  * through the same report; without CUDA the benchmark's default says why it did not run). Also the sharp stand-in that the device bundle carries when libvips does
- * not fit (bench/gpu/pack.sh), against sharp itself.
+ * not fit (bench/gpu/pack.sh), against sharp itself; and that the working tree leaves the bundle room.
  *
  * Ignored, with the reason printed, where WebGPU cannot load or the training tools' Python is missing;
  * under CI=true a WebGPU that cannot load fails instead.
@@ -40,6 +40,29 @@ Deno.test("sharp stand-in: raw RGB to a PNG that sharp decodes to the same pixel
   await rejects(
     standIn(new Uint8Array(12), { raw: { width: 2, height: 2, channels: 3 } }).webp().toBuffer(),
     /not available/,
+  );
+});
+
+/**
+ * What the device call carries besides the working tree (bench/gpu/pack.sh, measured 2026-11-28):
+ * Deno 27.5, onnxruntime-node's linux-x64 files 10.9, node_modules 1.8, the Vulkan .debs 0.4 MiB.
+ */
+const CARRIED_MIB = 40.6;
+
+Deno.test("the working tree leaves room for the GPU benchmark's bundle (64 MiB in all)", async () => {
+  const listed = await new Deno.Command("git", {
+    args: ["ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    cwd: ROOT,
+    stdout: "piped",
+  }).output();
+  assert(listed.success);
+  const files = new TextDecoder().decode(listed.stdout).split("\0").filter(Boolean);
+  let bytes = 0;
+  for (const file of files) bytes += await Deno.stat(`${ROOT}${file}`).then((s) => s.size, () => 0);
+  const mib = bytes / 2 ** 20;
+  assert(
+    mib + CARRIED_MIB <= 64,
+    `the tree is ${mib.toFixed(2)} MiB: with the ${CARRIED_MIB} MiB the device call carries it passes 64 MiB`,
   );
 });
 
