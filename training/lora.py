@@ -8,7 +8,7 @@
 Base weights (the shipped model's EMA UNet and text encoder) and the VAE stay frozen; rank-8 LoRA on
 to_q, to_k, to_v and to_out.0 of every attention (attn1 and attn2). Both runs draw identical batches,
 timesteps, noises and regularizer directions from generators seeded by the step, so lambda = 0 is the
-same training with the regularizer switched off. A run resumes from DIR/<name>.pt.
+same training with the regularizer switched off. A run resumes from DIR/<name>.pt; --max-seconds ends one at a wall time, saved.
 
 --init continues a published adapter (used only while DIR/<name>.pt does not exist yet): its weights,
 from the step its metadata records, so later batches are those an uninterrupted run would draw. The
@@ -182,7 +182,8 @@ def start_from(init: Path, layers: dict[str, LoRALinear], lam: float, batch: int
 
 
 def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, count: int, device: str,
-          init: Path | None = None, warm_target: int = 200) -> None:
+          init: Path | None = None, warm_target: int = 200, max_seconds: float | None = None) -> None:
+    deadline = None if max_seconds is None else time.time() + max_seconds
     base = torch.load(base_file(work, count))
     unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
     unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
@@ -223,7 +224,14 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
             init_record["target"] = "0 (lambda 0: unused)" if lam == 0 else "0"
     started = time.time() - elapsed
     first_step = step + 1
-    while step < steps:
+
+    def save() -> None:
+        save_checkpoint(ckpt_path, {"lora": lora_state(layers), "opt": opt.state_dict(), "step": step,
+                                    "elapsed": time.time() - started, "target": target, "lam": lam,
+                                    "batch": batch, "lr": lr, "device": device, "init": init_record})
+
+    saved = step
+    while step < steps and (deadline is None or time.time() < deadline):
         x0, tokens, t, eps, direction = (x.to(device) for x in draw_batch(step, batch, latents, ids, empty_ids))
         with torch.no_grad():
             context = text_encoder(tokens)
@@ -244,9 +252,12 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
             log(name, step, steps, started, loss=diffusion.item(), v_mean=v.mean().item(),
                 v_std=v.std().item(), target=target)
         if step % 100 == 0 or step == steps:
-            save_checkpoint(ckpt_path, {"lora": lora_state(layers), "opt": opt.state_dict(), "step": step,
-                                        "elapsed": time.time() - started, "target": target, "lam": lam,
-                                        "batch": batch, "lr": lr, "device": device, "init": init_record})
+            save()
+            saved = step
+    if step > saved or not ckpt_path.exists():  # stopped by --max-seconds between saves, or before a step
+        save()
+    if step < steps:
+        print(f"[{name}] stopped at step {step}: --max-seconds {max_seconds} passed", flush=True)
 
 
 def export(work: Path, name: str, out: Path) -> None:
@@ -275,13 +286,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--init", type=Path, help="a published adapter (.safetensors) to continue from")
     parser.add_argument("--warm-target", type=int, default=200, help="steps of batches the EMA target is replayed over (--init)")
+    parser.add_argument("--max-seconds", type=float, help="stop (and save) after the step that passes this wall time")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.command == "pack":
         print(base_file(args.work, args.count))
     elif args.command == "train":
         train(args.work, args.name, args.lam, args.steps, args.batch, args.lr, args.count, args.device,
-              args.init, args.warm_target)
+              args.init, args.warm_target, args.max_seconds)
     else:
         export(args.work, args.name, args.out)
 
