@@ -22,11 +22,15 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import struct
 import time
 from pathlib import Path
 
-import torch
+# torch runs its own threads (set_num_threads below); OpenBLAS's pool on top oversubscribed this
+# machine's 2 cores: 1.14 s/step against 0.33 with one OpenBLAS thread (lambda 5, batch 32, CPU).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import torch  # noqa: E402  (after the thread setting, which OpenBLAS reads when it loads)
 import torch.nn.functional as F
 from torch import nn
 
