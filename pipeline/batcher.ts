@@ -131,7 +131,10 @@ export class Batcher<Row = never> {
     this.#timer = undefined;
     const queued = this.#queue;
     this.#queue = [];
-    for (const call of queued) call.reject(reason);
+    for (const call of queued) {
+      this.#dequeued(call);
+      call.reject(reason);
+    }
     return this.idle();
   }
 

@@ -38,12 +38,15 @@ Deno.test("evaluate: the second held-out list has its own prompts and seeds, and
   };
   const [onA, onB] = [await istdOf("a"), await istdOf("b")];
   assertEquals([onA.list, onB.list, onB.prompts], ["a", "b", 2]);
+  assert(onA.istd_seed_base !== onB.istd_seed_base, "the two lists interpolate between the same noises");
   for (const report of [onA, onB]) assert(report.istd >= 0 && report.mean_adjacent_distance > 0);
   assert(onA.istd !== onB.istd, "the two lists gave the same ISTD");
 });
 
 Deno.test("evaluate: an unknown list is refused, naming the lists there are", async () => {
-  const run = await evaluate("--metrics", "istd", "--list", "c", "--prompts", "1");
-  assert(run.code !== 0);
-  assert(run.stderr.includes("--list c: known lists are a, b"), run.stderr);
+  for (const name of ["c", "toString"]) {
+    const run = await evaluate("--metrics", "istd", "--list", name, "--prompts", "1");
+    assert(run.code !== 0);
+    assert(run.stderr.includes(`--list ${name}: known lists are a, b`), run.stderr);
+  }
 });

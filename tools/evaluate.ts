@@ -80,7 +80,7 @@ const unknown = metrics.filter((m) => !METRICS.includes(m));
 if (unknown.length) throw new Error(`unknown metrics ${unknown.join(", ")}; known: ${METRICS.join(", ")}`);
 const count = Number(values.prompts);
 const steps = Number(values.steps);
-if (!(values.list! in HELD_OUT_LISTS)) {
+if (!Object.hasOwn(HELD_OUT_LISTS, values.list!)) {
   throw new Error(`--list ${values.list}: known lists are ${Object.keys(HELD_OUT_LISTS).join(", ")}`);
 }
 const list = HELD_OUT_LISTS[values.list as ListName];
@@ -328,6 +328,7 @@ const report: Record<string, unknown> = {
   model: location.name,
   adapters: applied.map((a) => `${a.adapter.id} x${a.scale}`).join(", ") || "none",
   list: values.list,
+  istd_seed_base: list.istdSeedBase,
   prompts: count,
   steps,
   guidance: GUIDANCE,

@@ -8,7 +8,8 @@
 Base weights (the shipped model's EMA UNet and text encoder) and the VAE stay frozen; rank-8 LoRA on
 to_q, to_k, to_v and to_out.0 of every attention (attn1 and attn2). Both runs draw identical batches,
 timesteps, noises and regularizer directions from generators seeded by the step, so lambda = 0 is the
-same training with the regularizer switched off. A run resumes from DIR/<name>.pt; --max-seconds ends one at a wall time, saved.
+same training with the regularizer switched off. A run resumes from DIR/<name>.pt. --max-seconds stops it after the step that passes that wall time
+(counted from the start, the --init target replay included) and saves it.
 
 --init continues a published adapter (used only while DIR/<name>.pt does not exist yet): its weights,
 from the step its metadata records, so later batches are those an uninterrupted run would draw. The
@@ -187,7 +188,7 @@ def start_from(init: Path, layers: dict[str, LoRALinear], lam: float, batch: int
 
 def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, count: int, device: str,
           init: Path | None = None, warm_target: int = 200, max_seconds: float | None = None) -> None:
-    deadline = None if max_seconds is None else time.time() + max_seconds
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     base = torch.load(base_file(work, count))
     unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
     unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
@@ -235,7 +236,7 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
                                     "batch": batch, "lr": lr, "device": device, "init": init_record})
 
     saved = step
-    while step < steps and (deadline is None or time.time() < deadline):
+    while step < steps and (deadline is None or time.monotonic() < deadline):
         x0, tokens, t, eps, direction = (x.to(device) for x in draw_batch(step, batch, latents, ids, empty_ids))
         with torch.no_grad():
             context = text_encoder(tokens)
