@@ -8,8 +8,9 @@
 Base weights (the shipped model's EMA UNet and text encoder) and the VAE stay frozen; rank-8 LoRA on
 to_q, to_k, to_v and to_out.0 of every attention (attn1 and attn2). Both runs draw identical batches,
 timesteps, noises and regularizer directions from generators seeded by the step, so lambda = 0 is the
-same training with the regularizer switched off. A run resumes from DIR/<name>.pt. --max-seconds stops it after the step that passes that wall time
-(counted from the start, the --init target replay included) and saves it.
+same training with the regularizer switched off. A run resumes from DIR/<name>.pt. --max-seconds
+stops it after the step that passes that wall time (counted from the start, the --init target
+replay included) and saves it.
 
 --init continues a published adapter (used only while DIR/<name>.pt does not exist yet): its weights,
 from the step its metadata records, so later batches are those an uninterrupted run would draw. The
