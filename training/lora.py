@@ -176,8 +176,9 @@ def draw_batch(step: int, batch: int, latents, ids, empty_ids):
 def start_from(init: Path, layers: dict[str, LoRALinear], lam: float, batch: int, lr: float) -> tuple[int, dict]:
     """Loads a published adapter; returns (its step count, the record kept in the checkpoints)."""
     state, meta = read_safetensors(init)
-    if int(meta["rank"]) != RANK or set(state) != set(lora_state(layers)):
-        raise ValueError(f"{init}: not a rank-{RANK} adapter of this UNet's attention")
+    rank = next(iter(layers.values())).down.out_features
+    if int(meta["rank"]) != rank or set(state) != set(lora_state(layers)):
+        raise ValueError(f"{init}: not a rank-{rank} adapter of this UNet's attention")
     for field, ours in (("lambda", lam), ("batch", batch), ("lr", lr)):
         if float(meta[field]) != ours:
             print(f"warning: {init} was trained with {field} {meta[field]}, this run uses {ours}")
@@ -187,15 +188,23 @@ def start_from(init: Path, layers: dict[str, LoRALinear], lam: float, batch: int
     return int(meta["steps"]), record
 
 
+def learning_rate(schedule: str, peak: float, step: int, start: int, end: int) -> float:
+    """The rate for the step after `step`: constant, or a cosine from `peak` at `start` down to 0 at `end`."""
+    if schedule == "constant":
+        return peak
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / max(1, end - start))))
+
+
 def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, count: int, device: str,
-          init: Path | None = None, warm_target: int = 200, max_seconds: float | None = None) -> None:
+          init: Path | None = None, warm_target: int = 200, max_seconds: float | None = None,
+          rank: int = RANK, schedule: str = "constant") -> None:
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     base = torch.load(base_file(work, count))
     unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
     unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
     text_encoder.requires_grad_(False).eval()
     torch.manual_seed(0)  # the LoRA's initial down weights
-    layers = add_lora(unet)
+    layers = add_lora(unet, rank)
     unet.to(device); text_encoder.to(device)
     latents = base["latents"].float() * base["scaling_factor"]
     tokenizer = ClipTokenizer(TOKENIZER_DIR)
@@ -210,6 +219,8 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
         ckpt = torch.load(ckpt_path)
         load_lora_state(layers, ckpt["lora"]); opt.load_state_dict(ckpt["opt"])
         step, elapsed, target, init_record = ckpt["step"], ckpt["elapsed"], ckpt["target"], ckpt.get("init")
+        if ckpt.get("schedule", "constant") != schedule:
+            raise ValueError(f"{ckpt_path} was trained with the {ckpt.get('schedule', 'constant')} schedule, not {schedule}")
         print(f"[{name}] resumed at step {step}")
     elif init is not None:
         step, init_record = start_from(init, layers, lam, batch, lr)
@@ -230,11 +241,14 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
             init_record["target"] = "0 (lambda 0: unused)" if lam == 0 else "0"
     started = time.time() - elapsed
     first_step = step + 1
+    # The schedule runs from the step this run's weights started at (0, or the --init adapter's) to --steps.
+    schedule_start = init_record["step"] if init_record else 0
 
     def save() -> None:
         save_checkpoint(ckpt_path, {"lora": lora_state(layers), "opt": opt.state_dict(), "step": step,
                                     "elapsed": time.time() - started, "target": target, "lam": lam,
-                                    "batch": batch, "lr": lr, "device": device, "init": init_record})
+                                    "batch": batch, "lr": lr, "device": device, "init": init_record,
+                                    "rank": rank, "schedule": schedule})
 
     saved = step
     while step < steps and (deadline is None or time.monotonic() < deadline):
@@ -250,6 +264,8 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
             loss = diffusion + lam * regularizer(v, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(schedule, lr, step, schedule_start, steps)
         opt.step()
         step += 1
         if step % 50 == 0 or step == steps or step == first_step:
@@ -270,8 +286,8 @@ def export(work: Path, name: str, out: Path) -> None:
     ckpt = torch.load(work / f"{name}.pt")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(out, ckpt["lora"], {
-        "format": "pt", "rank": str(RANK), "lambda": str(ckpt["lam"]), "steps": str(ckpt["step"]),
-        "batch": str(ckpt["batch"]), "lr": str(ckpt["lr"]), "seconds": f"{ckpt['elapsed']:.0f}",
+        "format": "pt", "rank": str(ckpt.get("rank", RANK)), "lambda": str(ckpt["lam"]), "steps": str(ckpt["step"]),
+        "batch": str(ckpt["batch"]), "lr": str(ckpt["lr"]), "schedule": ckpt.get("schedule", "constant"), "seconds": f"{ckpt['elapsed']:.0f}",
         "device": ckpt["device"], "base": "tiny-sd-shapes",
         **({"init": json.dumps(ckpt["init"])} if ckpt.get("init") else {}),
     })
@@ -293,13 +309,16 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="a published adapter (.safetensors) to continue from")
     parser.add_argument("--warm-target", type=int, default=200, help="steps of batches the EMA target is replayed over (--init)")
     parser.add_argument("--max-seconds", type=float, help="stop (and save) after the step that passes this wall time")
+    parser.add_argument("--rank", type=int, default=RANK)
+    parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                        help="cosine: from --lr down to 0 at --steps, counted from the start (or the --init step)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.command == "pack":
         print(base_file(args.work, args.count))
     elif args.command == "train":
         train(args.work, args.name, args.lam, args.steps, args.batch, args.lr, args.count, args.device,
-              args.init, args.warm_target, args.max_seconds)
+              args.init, args.warm_target, args.max_seconds, args.rank, args.schedule)
     else:
         export(args.work, args.name, args.out)
 
