@@ -20,6 +20,15 @@ for run in "smooth-lora 1" "baseline-lora 0"; do
 done
 resumed=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name smooth-lora --lam 1 --steps 4 --batch 4 --count 64)
 grep -q "resumed at step 3" <<<"$resumed" || { echo "the LoRA run did not resume: $resumed"; exit 1; }
+# Another rank and the cosine schedule: recorded in the export; resuming under another schedule is refused.
+(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name cosine-r4 --lam 1 \
+  --steps 3 --batch 4 --count 64 --rank 4 --schedule cosine && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py export \
+  --work "$tmp/work" --name cosine-r4 --out "$tmp/cosine-r4.safetensors")
+if (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name cosine-r4 --lam 1 \
+  --steps 4 --batch 4 --count 64 --rank 4) > "$tmp/refused.log" 2>&1; then
+  echo "a cosine run resumed under the constant schedule"; exit 1
+fi
+grep -q "cosine schedule, not constant" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
 /usr/bin/python3 - "$tmp" <<'PY'
 import json, sys
 from pathlib import Path
@@ -36,6 +45,11 @@ for name, lam in (("smooth-lora", "1.0"), ("baseline-lora", "0.0")):
     assert header.pop("__metadata__")["lambda"] == lam, name
     assert len(header) == 112, (name, len(header))  # 14 attentions x 4 projections x (down, up)
     assert all(".processor.to_" in key and key.endswith(("_lora.down.weight", "_lora.up.weight")) for key in header), name
+raw = (tmp / "cosine-r4.safetensors").read_bytes()
+header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+meta = header.pop("__metadata__")
+assert (meta["rank"], meta["schedule"], meta["steps"]) == ("4", "cosine", "3"), meta
+assert all(entry["shape"][0] == 4 for key, entry in header.items() if key.endswith("down.weight")), header
 print("ok loras")
 PY
 grep -E "^(ok|FAIL)" "$tmp/build.log"
