@@ -29,6 +29,9 @@ if (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work 
   echo "a cosine run resumed under the constant schedule"; exit 1
 fi
 grep -q "cosine schedule, not constant" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
+# Where the regularizer acts: a row for the base and one per adapter, every band filled.
+bands=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 variation_by_t.py --work "$tmp/work" "$tmp/cosine-r4.safetensors")
+[ "$(grep -c '^| ' <<<"$bands")" = 3 ] && ! grep -q nan <<<"$bands" || { echo "variation_by_t.py: $bands"; exit 1; }
 /usr/bin/python3 - "$tmp" <<'PY'
 import json, sys
 from pathlib import Path

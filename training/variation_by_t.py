@@ -1,0 +1,68 @@
+"""Where the Step-wise Variation Regularizer acts: v (lora.py's per-sample variation) by timestep band.
+
+    python3 training/variation_by_t.py --work DIR [ADAPTER.safetensors ...]
+
+For the base model (no adapter) and each adapter, v over the same 192 samples (six batches of 32
+drawn as lora.py draws them, at steps no training run reaches), as mean ± std per band of t. DIR
+holds lora-base.pt (`training/base_from_onnx.py --work DIR`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+from clip_tokenizer import ClipTokenizer  # noqa: E402
+from lora import add_lora, denoise_with_variation, draw_batch, load_lora_state, read_safetensors  # noqa: E402
+from nets import TextEncoder, UNet2DConditionModel  # noqa: E402
+from schedule import alphas_cumprod  # noqa: E402
+from train import TOKENIZER_DIR  # noqa: E402
+
+BANDS = [0, 50, 200, 400, 600, 800, 1000]
+FIRST_STEP, BATCHES, BATCH = 900_000, 6, 32
+
+
+def variation(base: dict, adapter: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v, t) over the fixed samples, for the base model with the adapter applied (if any)."""
+    unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
+    unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
+    if adapter is not None:
+        state, meta = read_safetensors(adapter)
+        load_lora_state(add_lora(unet, int(meta["rank"])), state)
+    tokenizer = ClipTokenizer(TOKENIZER_DIR)
+    ids = torch.tensor([tokenizer(c) for c in base["captions"]], dtype=torch.long)
+    empty_ids = torch.tensor(tokenizer(""), dtype=torch.long)
+    latents = base["latents"].float() * base["scaling_factor"]
+    alphas = alphas_cumprod().float()
+    vs, ts = [], []
+    for step in range(FIRST_STEP, FIRST_STEP + BATCHES):
+        x0, tokens, t, eps, direction = draw_batch(step, BATCH, latents, ids, empty_ids)
+        with torch.no_grad():
+            context = text_encoder(tokens)
+        _, v = denoise_with_variation(unet, x0, eps, t, context, alphas, direction, True)
+        vs.append(v.detach()); ts.append(t)
+    return torch.cat(vs), torch.cat(ts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("adapters", type=Path, nargs="*")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    base = torch.load(args.work / "lora-base.pt")
+    bands = list(zip(BANDS, BANDS[1:]))
+    print("| model | all: mean v (std / mean) | " + " | ".join(f"t {lo}-{hi - 1}" for lo, hi in bands) + " |")
+    print("|---|---|" + "---|" * len(bands))
+    for adapter in [None, *args.adapters]:
+        v, t = variation(base, adapter)
+        cells = [f"{v[(t >= lo) & (t < hi)].mean():.3f} ± {v[(t >= lo) & (t < hi)].std():.3f}" for lo, hi in bands]
+        print(f"| {adapter or 'base'} | {v.mean():.4f} ({v.std() / v.mean():.3f}) | " + " | ".join(cells) + " |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
