@@ -168,16 +168,17 @@ browserTest(
         await fill(page, "#gen-steps", String(STEPS));
         await fill(page, "#gen-guidance", "7.5");
         await fill(page, "#adapter-repo", SMOOTH);
-        // every value the progress bar takes, as the events arrive
+        // every value the status takes, as the events arrive: each assignment of textContent adds a
+        // new text node, read from the mutation records (one observer call can carry several, when
+        // two events arrive in one chunk, so the element's current text would miss the earlier ones)
         await page.evaluate(() => {
           const seen: string[] = [];
           (globalThis as any).progressSeen = seen;
-          new MutationObserver(() => seen.push(document.getElementById("gen-status")!.textContent!))
-            .observe(document.getElementById("gen-status")!, {
-              childList: true,
-              characterData: true,
-              subtree: true,
-            });
+          new MutationObserver((records) => {
+            for (const record of records) {
+              for (const node of record.addedNodes) seen.push(node.textContent!);
+            }
+          }).observe(document.getElementById("gen-status")!, { childList: true });
         });
         const generated = nextResponse(page, "POST", "/generate");
         await page.click("#gen-run");
