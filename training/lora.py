@@ -5,7 +5,7 @@
     python3 training/lora.py export --work DIR --name smooth-lora --out FILE.safetensors
     python3 training/lora.py train  --work DIR --name smooth-lora --lam 1 --lr 5e-4 --steps 12000 --init FILE.safetensors
 
-Base weights (the shipped model's EMA UNet and text encoder) and the VAE stay frozen; rank-8 LoRA on
+Base weights (the shipped model's EMA UNet and text encoder) and the VAE stay frozen; rank-8 (--rank) LoRA on
 to_q, to_k, to_v and to_out.0 of every attention (attn1 and attn2). Both runs draw identical batches,
 timesteps, noises and regularizer directions from generators seeded by the step, so lambda = 0 is the
 same training with the regularizer switched off. A run resumes from DIR/<name>.pt. --max-seconds
@@ -161,6 +161,21 @@ def base_file(work: Path, count: int) -> Path:
     return path
 
 
+def base_models(base: dict) -> tuple[UNet2DConditionModel, TextEncoder]:
+    """The frozen base UNet and text encoder from lora-base.pt's contents."""
+    unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
+    unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
+    text_encoder.requires_grad_(False).eval()
+    return unet, text_encoder
+
+
+def training_data(base: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scaled latents, caption token ids, the empty caption's ids): what draw_batch draws from."""
+    tokenizer = ClipTokenizer(TOKENIZER_DIR)
+    ids = torch.tensor([tokenizer(c) for c in base["captions"]], dtype=torch.long)
+    return base["latents"].float() * base["scaling_factor"], ids, torch.tensor(tokenizer(""), dtype=torch.long)
+
+
 def draw_batch(step: int, batch: int, latents, ids, empty_ids):
     """The step's batch, timesteps, noises and regularizer directions, from a generator seeded by the step."""
     g = torch.Generator().manual_seed(1_000_003 * 3 + step)
@@ -173,10 +188,10 @@ def draw_batch(step: int, batch: int, latents, ids, empty_ids):
     return latents[idx], tokens, t, eps, direction
 
 
-def start_from(init: Path, layers: dict[str, LoRALinear], lam: float, batch: int, lr: float) -> tuple[int, dict]:
+def start_from(init: Path, layers: dict[str, LoRALinear], rank: int, lam: float, batch: int,
+               lr: float) -> tuple[int, dict]:
     """Loads a published adapter; returns (its step count, the record kept in the checkpoints)."""
     state, meta = read_safetensors(init)
-    rank = next(iter(layers.values())).down.out_features
     if int(meta["rank"]) != rank or set(state) != set(lora_state(layers)):
         raise ValueError(f"{init}: not a rank-{rank} adapter of this UNet's attention")
     for field, ours in (("lambda", lam), ("batch", batch), ("lr", lr)):
@@ -200,16 +215,11 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
           rank: int = RANK, schedule: str = "constant") -> None:
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     base = torch.load(base_file(work, count))
-    unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
-    unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
-    text_encoder.requires_grad_(False).eval()
+    unet, text_encoder = base_models(base)
     torch.manual_seed(0)  # the LoRA's initial down weights
     layers = add_lora(unet, rank)
     unet.to(device); text_encoder.to(device)
-    latents = base["latents"].float() * base["scaling_factor"]
-    tokenizer = ClipTokenizer(TOKENIZER_DIR)
-    ids = torch.tensor([tokenizer(c) for c in base["captions"]], dtype=torch.long)
-    empty_ids = torch.tensor(tokenizer(""), dtype=torch.long)
+    latents, ids, empty_ids = training_data(base)
     alphas = alphas_cumprod().float().to(device)
     params = [p for layer in layers.values() for p in (layer.down.weight, layer.up.weight)]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -223,7 +233,7 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
             raise ValueError(f"{ckpt_path} was trained with the {ckpt.get('schedule', 'constant')} schedule, not {schedule}")
         print(f"[{name}] resumed at step {step}")
     elif init is not None:
-        step, init_record = start_from(init, layers, lam, batch, lr)
+        step, init_record = start_from(init, layers, rank, lam, batch, lr)
         print(f"[{name}] starting from {init} at step {step}", flush=True)
         if lam > 0 and warm_target > 0:
             first = max(0, step - warm_target)

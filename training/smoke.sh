@@ -42,14 +42,15 @@ for part in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
     assert (tmp / "model" / part / "model.onnx").stat().st_size > 0, part
 assert (tmp / "model" / "README.md").read_text().startswith("# tiny-sd-shapes")
 import struct
-for name, lam in (("smooth-lora", "1.0"), ("baseline-lora", "0.0")):
+def header_of(name: str) -> dict:
     raw = (tmp / f"{name}.safetensors").read_bytes()
-    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    return json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+for name, lam in (("smooth-lora", "1.0"), ("baseline-lora", "0.0")):
+    header = header_of(name)
     assert header.pop("__metadata__")["lambda"] == lam, name
     assert len(header) == 112, (name, len(header))  # 14 attentions x 4 projections x (down, up)
     assert all(".processor.to_" in key and key.endswith(("_lora.down.weight", "_lora.up.weight")) for key in header), name
-raw = (tmp / "cosine-r4.safetensors").read_bytes()
-header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+header = header_of("cosine-r4")
 meta = header.pop("__metadata__")
 assert (meta["rank"], meta["schedule"], meta["steps"]) == ("4", "cosine", "3"), meta
 assert all(entry["shape"][0] == 4 for key, entry in header.items() if key.endswith("down.weight")), header

@@ -15,27 +15,22 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import torch  # noqa: E402
 
-from clip_tokenizer import ClipTokenizer  # noqa: E402
-from lora import add_lora, denoise_with_variation, draw_batch, load_lora_state, read_safetensors  # noqa: E402
-from nets import TextEncoder, UNet2DConditionModel  # noqa: E402
+from lora import (add_lora, base_models, denoise_with_variation, draw_batch, load_lora_state,  # noqa: E402
+                  read_safetensors, training_data)
 from schedule import alphas_cumprod  # noqa: E402
-from train import TOKENIZER_DIR  # noqa: E402
 
 BANDS = [0, 50, 200, 400, 600, 800, 1000]
 FIRST_STEP, BATCHES, BATCH = 900_000, 6, 32
 
 
-def variation(base: dict, adapter: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(v, t) over the fixed samples, for the base model with the adapter applied (if any)."""
-    unet, text_encoder = UNet2DConditionModel(), TextEncoder(base["known_ids"])
-    unet.load_state_dict(base["unet"]); text_encoder.load_state_dict(base["text_encoder"])
+def variation(base: dict, data: tuple, adapter: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v, t) over the fixed samples of `data` (training_data), for the base model with the adapter
+    applied (if any)."""
+    unet, text_encoder = base_models(base)
     if adapter is not None:
         state, meta = read_safetensors(adapter)
         load_lora_state(add_lora(unet, int(meta["rank"])), state)
-    tokenizer = ClipTokenizer(TOKENIZER_DIR)
-    ids = torch.tensor([tokenizer(c) for c in base["captions"]], dtype=torch.long)
-    empty_ids = torch.tensor(tokenizer(""), dtype=torch.long)
-    latents = base["latents"].float() * base["scaling_factor"]
+    latents, ids, empty_ids = data
     alphas = alphas_cumprod().float()
     vs, ts = [], []
     for step in range(FIRST_STEP, FIRST_STEP + BATCHES):
@@ -54,11 +49,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     base = torch.load(args.work / "lora-base.pt")
+    data = training_data(base)
     bands = list(zip(BANDS, BANDS[1:]))
     print("| model | all: mean v (std / mean) | " + " | ".join(f"t {lo}-{hi - 1}" for lo, hi in bands) + " |")
     print("|---|---|" + "---|" * len(bands))
     for adapter in [None, *args.adapters]:
-        v, t = variation(base, adapter)
+        v, t = variation(base, data, adapter)
         cells = [f"{v[(t >= lo) & (t < hi)].mean():.3f} ± {v[(t >= lo) & (t < hi)].std():.3f}" for lo, hi in bands]
         print(f"| {adapter or 'base'} | {v.mean():.4f} ({v.std() / v.mean():.3f}) | " + " | ".join(cells) + " |",
               flush=True)
