@@ -350,27 +350,33 @@ Deno.test("adapters: the revisions a client names are forgotten with the adapter
   });
 });
 
-Deno.test("adapters: the adapters this repository ships in models/hub-cache (test, Smooth-LoRA, baseline) work with no network", async () => {
+Deno.test("adapters: the adapters this repository ships in models/hub-cache (test, Smooth-LoRA, baseline) work with no network, earlier commits by revision", async () => {
   // Port 9 on loopback: any attempt to reach a hub fails at once.
   await withServer(
     { HF_ENDPOINT: "http://127.0.0.1:9", HF_HUB_CACHE: await Deno.makeTempDir() },
     async ({ url }) => {
       const base = await generate(url);
       const images = new Set([base.json.images[0].data]);
+      let snapshots = 0;
       for (const name of ["test-lora", "tiny-sd-shapes-smooth-lora", "tiny-sd-shapes-baseline-lora"]) {
-        const commit = (await Deno.readTextFile(
-          new URL(`../models/hub-cache/models--smooth-diffusion--${name}/refs/main`, import.meta.url),
-        )).trim();
-        const withAdapter = await generate(url, { repo: `smooth-diffusion/${name}` });
-        assertEquals(withAdapter.status, 200, JSON.stringify(withAdapter.json));
-        assertEquals(withAdapter.json.parameters.lora[0].commit, commit);
-        assertEquals(
-          withAdapter.json.not_applied ?? withAdapter.json.parameters.lora[0].not_applied ?? [],
-          [],
-        );
-        images.add(withAdapter.json.images[0].data);
+        const root = new URL(`../models/hub-cache/models--smooth-diffusion--${name}/`, import.meta.url);
+        const main = (await Deno.readTextFile(new URL("refs/main", root))).trim();
+        const commits = [undefined, ...[...Deno.readDirSync(new URL("snapshots/", root))].map((e) => e.name)];
+        for (const revision of commits) {
+          const withAdapter = await generate(url, { repo: `smooth-diffusion/${name}`, revision });
+          assertEquals(withAdapter.status, 200, JSON.stringify(withAdapter.json));
+          assertEquals(withAdapter.json.parameters.lora[0].commit, revision ?? main);
+          assertEquals(
+            withAdapter.json.not_applied ?? withAdapter.json.parameters.lora[0].not_applied ?? [],
+            [],
+          );
+          if (revision) {
+            images.add(withAdapter.json.images[0].data);
+            snapshots++;
+          }
+        }
       }
-      assertEquals(images.size, 4, "each adapter changes the image");
+      assertEquals(images.size, 1 + snapshots, "each adapter commit changes the image");
     },
   );
 });

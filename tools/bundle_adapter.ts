@@ -4,6 +4,7 @@
  *   models--org--name/refs/main            -> the commit
  *   models--org--name/snapshots/<commit>/<file>  (and README.md)
  * The commit id is the SHA-1 of the adapter's content (a stand-in: these repos are not on the Hub).
+ * Earlier snapshots stay: a new file is a new commit of the same repo, still reachable by revision.
  *
  *   deno run -A tools/bundle_adapter.ts <file.safetensors> <org/name> [--name name-in-repo]
  *                                      [--card README.md] [--cache dir]
@@ -23,7 +24,6 @@ export async function bundleAdapter(
   const commit = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
   const root = join(cacheDir, `models--${repo.replace("/", "--")}`);
   const snapshot = join(root, "snapshots", commit);
-  await Deno.remove(root, { recursive: true }).catch(() => {});
   await Deno.mkdir(join(root, "refs"), { recursive: true });
   await Deno.mkdir(snapshot, { recursive: true });
   await Deno.writeFile(join(snapshot, file), bytes);
