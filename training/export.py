@@ -57,6 +57,13 @@ def export_graph(module, args: tuple, path: Path, inputs: list[str], outputs: li
                       dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True)
 
 
+def export_unet(unet, args: tuple, path: Path) -> None:
+    """The UNet graph with the server's input and output names, batch and latent size dynamic."""
+    export_graph(unet, args, path, ["sample", "timestep", "encoder_hidden_states"], ["out_sample"],
+                 {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+                  "encoder_hidden_states": {0: "batch", 1: "sequence"}, "out_sample": {0: "batch", 2: "height", 3: "width"}})
+
+
 def write_json(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2) + "\n")
@@ -102,10 +109,7 @@ def export(work: Path, out: Path, parity: Path | None) -> dict:
 
     export_graph(TextEncoderGraph(text_encoder), (ids,), out / "text_encoder/model.onnx",
                  ["input_ids"], ["last_hidden_state"], {"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"}})
-    export_graph(unet, (sample, timestep, hidden), out / "unet/model.onnx",
-                 ["sample", "timestep", "encoder_hidden_states"], ["out_sample"],
-                 {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
-                  "encoder_hidden_states": {0: "batch", 1: "sequence"}, "out_sample": {0: "batch", 2: "height", 3: "width"}})
+    export_unet(unet, (sample, timestep, hidden), out / "unet/model.onnx")
     export_graph(VaeEncoderGraph(vae), (image,), out / "vae_encoder/model.onnx", ["sample"], ["latent_parameters"],
                  {"sample": {0: "batch", 2: "height", 3: "width"}, "latent_parameters": {0: "batch", 2: "height", 3: "width"}})
     export_graph(VaeDecoderGraph(vae), (sample,), out / "vae_decoder/model.onnx", ["latent_sample"], ["sample"],

@@ -6,7 +6,9 @@
     python3 training/lora.py train  --work DIR --name smooth-lora --lam 1 --lr 5e-4 --steps 12000 --init FILE.safetensors
 
 Base weights (the shipped model's EMA UNet and text encoder) and the VAE stay frozen; rank-8 (--rank) LoRA on
-to_q, to_k, to_v and to_out.0 of every attention (attn1 and attn2). Both runs draw identical batches,
+to_q, to_k, to_v and to_out.0 of every attention (attn1 and attn2); --targets all also wraps every other
+Linear and Conv2d of the UNet's blocks (not exportable: the server's LoRA inputs cover the attention
+projections; training/merge_lora.py folds such a run into a model to screen). Both runs draw identical batches,
 timesteps, noises and regularizer directions from generators seeded by the step, so lambda = 0 is the
 same training with the regularizer switched off. A run resumes from DIR/<name>.pt. --max-seconds
 stops it after the step that passes that wall time (counted from the start, the --init target
@@ -25,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import time
 from pathlib import Path
@@ -60,11 +63,44 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.up(self.down(x))
 
+    def delta(self) -> torch.Tensor:
+        """The update to the base weight: W' = W + delta."""
+        return self.up.weight @ self.down.weight
 
-def add_lora(unet: nn.Module, rank: int = RANK) -> dict[str, LoRALinear]:
-    """Wraps every attention projection; returns {legacy key prefix: layer}."""
+
+class LoRAConv(nn.Module):
+    """y = conv(x) + up(down(x)): down a convolution like the base's to `rank` channels, up a 1x1; base frozen."""
+
+    def __init__(self, base: nn.Conv2d, rank: int):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False)
+        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        nn.init.normal_(self.down.weight, std=1 / rank)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+    def delta(self) -> torch.Tensor:
+        return torch.einsum("or,rikl->oikl", self.up.weight[:, :, 0, 0], self.down.weight)
+
+
+LoRALayer = LoRALinear | LoRAConv
+TRAINED_DEFAULTS = {"schedule": "constant", "targets": "attention"}  # what checkpoints without the field used
+TARGET_SETS = ("attention", "all")
+BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
+
+
+def add_lora(unet: nn.Module, rank: int = RANK, targets: str = "attention") -> dict[str, LoRALayer]:
+    """Wraps every attention projection, keyed by its legacy processor prefix (the published Smooth-LoRA's
+    key set); with targets "all", also every other Linear and Conv2d of the down, mid and up blocks
+    (feed-forwards, projections, resnets, samplers), keyed "<module path>.lora"."""
     unet.requires_grad_(False)
-    layers: dict[str, LoRALinear] = {}
+    others = [(path, module) for path, module in unet.named_modules()
+              if targets == "all" and path.startswith(BLOCKS) and isinstance(module, (nn.Linear, nn.Conv2d))
+              and not re.search(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$", path)]
+    layers: dict[str, LoRALayer] = {}
     for path, module in list(unet.named_modules()):
         if not isinstance(module, Attention):
             continue
@@ -75,7 +111,21 @@ def add_lora(unet: nn.Module, rank: int = RANK) -> dict[str, LoRALinear]:
                 layer = LoRALinear(getattr(module, target), rank)
                 setattr(module, target, layer)
             layers[f"{path}.processor.{processor_name}"] = layer
+    for path, module in others:
+        parent, _, leaf = path.rpartition(".")
+        layer = LoRALinear(module, rank) if isinstance(module, nn.Linear) else LoRAConv(module, rank)
+        setattr(unet.get_submodule(parent), leaf, layer)
+        layers[f"{path}.lora"] = layer
     return layers
+
+
+def merge_lora(unet: nn.Module) -> None:
+    """Folds every LoRA layer into its base weight and puts the base layer back in its place."""
+    with torch.no_grad():
+        for path, layer in [(p, m) for p, m in unet.named_modules() if isinstance(m, (LoRALinear, LoRAConv))]:
+            layer.base.weight += layer.delta()
+            parent, _, leaf = path.rpartition(".")
+            setattr(unet.get_submodule(parent), leaf, layer.base)
 
 
 def lora_state(layers: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
@@ -212,12 +262,12 @@ def learning_rate(schedule: str, peak: float, step: int, start: int, end: int) -
 
 def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, count: int, device: str,
           init: Path | None = None, warm_target: int = 200, max_seconds: float | None = None,
-          rank: int = RANK, schedule: str = "constant") -> None:
+          rank: int = RANK, schedule: str = "constant", targets: str = "attention") -> None:
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     base = torch.load(base_file(work, count))
     unet, text_encoder = base_models(base)
     torch.manual_seed(0)  # the LoRA's initial down weights
-    layers = add_lora(unet, rank)
+    layers = add_lora(unet, rank, targets)
     unet.to(device); text_encoder.to(device)
     latents, ids, empty_ids = training_data(base)
     alphas = alphas_cumprod().float().to(device)
@@ -229,8 +279,9 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
         ckpt = torch.load(ckpt_path)
         load_lora_state(layers, ckpt["lora"]); opt.load_state_dict(ckpt["opt"])
         step, elapsed, target, init_record = ckpt["step"], ckpt["elapsed"], ckpt["target"], ckpt.get("init")
-        if ckpt.get("schedule", "constant") != schedule:
-            raise ValueError(f"{ckpt_path} was trained with the {ckpt.get('schedule', 'constant')} schedule, not {schedule}")
+        for field, ours in (("schedule", schedule), ("targets", targets)):
+            if ckpt.get(field, TRAINED_DEFAULTS[field]) != ours:
+                raise ValueError(f"{ckpt_path} was trained with {field} {ckpt.get(field, TRAINED_DEFAULTS[field])}, not {ours}")
         print(f"[{name}] resumed at step {step}")
     elif init is not None:
         step, init_record = start_from(init, layers, rank, lam, batch, lr)
@@ -258,7 +309,7 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
         save_checkpoint(ckpt_path, {"lora": lora_state(layers), "opt": opt.state_dict(), "step": step,
                                     "elapsed": time.time() - started, "target": target, "lam": lam,
                                     "batch": batch, "lr": lr, "device": device, "init": init_record,
-                                    "rank": rank, "schedule": schedule})
+                                    "rank": rank, "schedule": schedule, "targets": targets})
 
     saved = step
     while step < steps and (deadline is None or time.monotonic() < deadline):
@@ -294,6 +345,9 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
 
 def export(work: Path, name: str, out: Path) -> None:
     ckpt = torch.load(work / f"{name}.pt")
+    if ckpt.get("targets", "attention") != "attention":
+        raise SystemExit(f"{name}: trained on targets {ckpt['targets']}; the export writes the published Smooth-LoRA's "
+                         "attention key set, which the server serves. Screen it with merge_lora.py instead.")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(out, ckpt["lora"], {
         "format": "pt", "rank": str(ckpt.get("rank", RANK)), "lambda": str(ckpt["lam"]), "steps": str(ckpt["step"]),
@@ -320,6 +374,8 @@ def main() -> None:
     parser.add_argument("--warm-target", type=int, default=200, help="steps of batches the EMA target is replayed over (--init)")
     parser.add_argument("--max-seconds", type=float, help="stop (and save) after the step that passes this wall time")
     parser.add_argument("--rank", type=int, default=RANK)
+    parser.add_argument("--targets", choices=TARGET_SETS, default="attention",
+                        help="all: also every other Linear and Conv2d of the UNet's blocks (screened by merge_lora.py)")
     parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
                         help="cosine: from --lr down to 0 at --steps, counted from the start (or the --init step)")
     args = parser.parse_args()
@@ -328,7 +384,7 @@ def main() -> None:
         print(base_file(args.work, args.count))
     elif args.command == "train":
         train(args.work, args.name, args.lam, args.steps, args.batch, args.lr, args.count, args.device,
-              args.init, args.warm_target, args.max_seconds, args.rank, args.schedule)
+              args.init, args.warm_target, args.max_seconds, args.rank, args.schedule, args.targets)
     else:
         export(args.work, args.name, args.out)
 
