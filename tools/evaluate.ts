@@ -17,7 +17,7 @@
  * server's requests do.
  *
  *   deno task evaluate [--lora org/name[@revision]]... [--scale 1] [--metrics istd,accuracy,inversion,edit]
- *                      [--list a|b] [--prompts 100] [--steps 50] [--json FILE] [--keep DIR]
+ *                      [--list a|b] [--prompts 100] [--steps 50] [--guidance 7.5] [--json FILE] [--keep DIR]
  *   deno task istd [--lora ...]        (the same with --metrics istd)
  *
  * --json FILE also holds the per-drawing figures (inversion_cases, edit_cases); --keep DIR writes the
@@ -49,7 +49,6 @@ const HELD_OUT_LISTS = {
 } as const;
 type ListName = keyof typeof HELD_OUT_LISTS;
 const TRAINING = new URL("../training/", import.meta.url).pathname;
-const GUIDANCE = 7.5;
 /** /edit's defaults, read from its request schema (the limits do not touch them). */
 const EDIT_DEFAULTS = (() => {
   const shape = editRequestSchema({ maxSteps: 1000, maxPixels: 1 << 30, maxImages: 1 }).shape;
@@ -71,6 +70,7 @@ const { values } = parseArgs({
     frames: { type: "string", default: "11" },
     steps: { type: "string", default: "50" },
     list: { type: "string", default: "a" },
+    guidance: { type: "string", default: "7.5" },
     json: { type: "string" },
     keep: { type: "string" },
   },
@@ -80,6 +80,9 @@ const unknown = metrics.filter((m) => !METRICS.includes(m));
 if (unknown.length) throw new Error(`unknown metrics ${unknown.join(", ")}; known: ${METRICS.join(", ")}`);
 const count = Number(values.prompts);
 const steps = Number(values.steps);
+/** The generations' classifier-free guidance (ISTD strips, accuracy images, guided reconstruction). */
+const GUIDANCE = Number(values.guidance);
+if (!(GUIDANCE >= 1)) throw new Error(`--guidance ${values.guidance}: a number, at least 1`);
 if (!Object.hasOwn(HELD_OUT_LISTS, values.list!)) {
   throw new Error(`--list ${values.list}: known lists are ${Object.keys(HELD_OUT_LISTS).join(", ")}`);
 }

@@ -87,7 +87,7 @@ class LoRAConv(nn.Module):
 
 
 LoRALayer = LoRALinear | LoRAConv
-TRAINED_DEFAULTS = {"schedule": "constant", "targets": "attention"}  # what checkpoints without the field used
+TRAINED_DEFAULTS = {"schedule": "constant", "targets": "attention", "empty_rate": EMPTY_CAPTION_RATE}  # what checkpoints without the field used
 TARGET_SETS = ("attention", "all")
 BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
 
@@ -226,12 +226,13 @@ def training_data(base: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return base["latents"].float() * base["scaling_factor"], ids, torch.tensor(tokenizer(""), dtype=torch.long)
 
 
-def draw_batch(step: int, batch: int, latents, ids, empty_ids):
-    """The step's batch, timesteps, noises and regularizer directions, from a generator seeded by the step."""
+def draw_batch(step: int, batch: int, latents, ids, empty_ids, empty_rate: float = EMPTY_CAPTION_RATE):
+    """The step's batch, timesteps, noises and regularizer directions, from a generator seeded by the step;
+    captions dropped to "" at `empty_rate` (the draws stay the same at any rate)."""
     g = torch.Generator().manual_seed(1_000_003 * 3 + step)
     idx = torch.randint(0, len(latents), (batch,), generator=g)
     tokens = ids[idx].clone()
-    tokens[torch.rand(batch, generator=g) < EMPTY_CAPTION_RATE] = empty_ids
+    tokens[torch.rand(batch, generator=g) < empty_rate] = empty_ids
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=g)
     eps = torch.randn(latents[idx].shape, generator=g)
     direction = torch.randn(eps.shape, generator=g)
@@ -262,7 +263,8 @@ def learning_rate(schedule: str, peak: float, step: int, start: int, end: int) -
 
 def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, count: int, device: str,
           init: Path | None = None, warm_target: int = 200, max_seconds: float | None = None,
-          rank: int = RANK, schedule: str = "constant", targets: str = "attention") -> None:
+          rank: int = RANK, schedule: str = "constant", targets: str = "attention",
+          empty_rate: float = EMPTY_CAPTION_RATE) -> None:
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     base = torch.load(base_file(work, count))
     unet, text_encoder = base_models(base)
@@ -279,7 +281,7 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
         ckpt = torch.load(ckpt_path)
         load_lora_state(layers, ckpt["lora"]); opt.load_state_dict(ckpt["opt"])
         step, elapsed, target, init_record = ckpt["step"], ckpt["elapsed"], ckpt["target"], ckpt.get("init")
-        for field, ours in (("schedule", schedule), ("targets", targets)):
+        for field, ours in (("schedule", schedule), ("targets", targets), ("empty_rate", empty_rate)):
             if ckpt.get(field, TRAINED_DEFAULTS[field]) != ours:
                 raise ValueError(f"{ckpt_path} was trained with {field} {ckpt.get(field, TRAINED_DEFAULTS[field])}, not {ours}")
         print(f"[{name}] resumed at step {step}")
@@ -289,7 +291,7 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
         if lam > 0 and warm_target > 0:
             first = max(0, step - warm_target)
             for s in range(first, step):
-                x0, tokens, t, eps, direction = (x.to(device) for x in draw_batch(s, batch, latents, ids, empty_ids))
+                x0, tokens, t, eps, direction = (x.to(device) for x in draw_batch(s, batch, latents, ids, empty_ids, empty_rate))
                 with torch.no_grad():
                     context = text_encoder(tokens)
                 _, v = denoise_with_variation(unet, x0, eps, t, context, alphas, direction, True)
@@ -309,11 +311,12 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
         save_checkpoint(ckpt_path, {"lora": lora_state(layers), "opt": opt.state_dict(), "step": step,
                                     "elapsed": time.time() - started, "target": target, "lam": lam,
                                     "batch": batch, "lr": lr, "device": device, "init": init_record,
-                                    "rank": rank, "schedule": schedule, "targets": targets})
+                                    "rank": rank, "schedule": schedule, "targets": targets,
+                                    "empty_rate": empty_rate})
 
     saved = step
     while step < steps and (deadline is None or time.monotonic() < deadline):
-        x0, tokens, t, eps, direction = (x.to(device) for x in draw_batch(step, batch, latents, ids, empty_ids))
+        x0, tokens, t, eps, direction = (x.to(device) for x in draw_batch(step, batch, latents, ids, empty_ids, empty_rate))
         with torch.no_grad():
             context = text_encoder(tokens)
         regularized = lam > 0
@@ -352,6 +355,7 @@ def export(work: Path, name: str, out: Path) -> None:
     write_safetensors(out, ckpt["lora"], {
         "format": "pt", "rank": str(ckpt.get("rank", RANK)), "lambda": str(ckpt["lam"]), "steps": str(ckpt["step"]),
         "batch": str(ckpt["batch"]), "lr": str(ckpt["lr"]), "schedule": ckpt.get("schedule", "constant"), "seconds": f"{ckpt['elapsed']:.0f}",
+        "empty_caption_rate": str(ckpt.get("empty_rate", EMPTY_CAPTION_RATE)),
         "device": ckpt["device"], "base": "tiny-sd-shapes",
         **({"init": json.dumps(ckpt["init"])} if ckpt.get("init") else {}),
     })
@@ -374,6 +378,8 @@ def main() -> None:
     parser.add_argument("--warm-target", type=int, default=200, help="steps of batches the EMA target is replayed over (--init)")
     parser.add_argument("--max-seconds", type=float, help="stop (and save) after the step that passes this wall time")
     parser.add_argument("--rank", type=int, default=RANK)
+    parser.add_argument("--empty-caption-rate", type=float, default=EMPTY_CAPTION_RATE,
+                        help="the share of captions dropped to \"\" (the base model's training used 0.1)")
     parser.add_argument("--targets", choices=TARGET_SETS, default="attention",
                         help="all: also every other Linear and Conv2d of the UNet's blocks (screened by merge_lora.py)")
     parser.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
@@ -384,7 +390,8 @@ def main() -> None:
         print(base_file(args.work, args.count))
     elif args.command == "train":
         train(args.work, args.name, args.lam, args.steps, args.batch, args.lr, args.count, args.device,
-              args.init, args.warm_target, args.max_seconds, args.rank, args.schedule, args.targets)
+              args.init, args.warm_target, args.max_seconds, args.rank, args.schedule, args.targets,
+              args.empty_caption_rate)
     else:
         export(args.work, args.name, args.out)
 

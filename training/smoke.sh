@@ -20,12 +20,13 @@ for run in "smooth-lora 1" "baseline-lora 0"; do
 done
 resumed=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name smooth-lora --lam 1 --steps 4 --batch 4 --count 64)
 grep -q "resumed at step 3" <<<"$resumed" || { echo "the LoRA run did not resume: $resumed"; exit 1; }
-# Another rank and the cosine schedule: recorded in the export; resuming under another schedule is refused.
+# Another rank, the cosine schedule and another caption-dropout rate: recorded in the export; resuming
+# under another schedule is refused.
 (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name cosine-r4 --lam 1 \
-  --steps 3 --batch 4 --count 64 --rank 4 --schedule cosine && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py export \
+  --steps 3 --batch 4 --count 64 --rank 4 --schedule cosine --empty-caption-rate 0.25 && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py export \
   --work "$tmp/work" --name cosine-r4 --out "$tmp/cosine-r4.safetensors")
 if (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name cosine-r4 --lam 1 \
-  --steps 4 --batch 4 --count 64 --rank 4) > "$tmp/refused.log" 2>&1; then
+  --steps 4 --batch 4 --count 64 --rank 4 --empty-caption-rate 0.25) > "$tmp/refused.log" 2>&1; then
   echo "a cosine run resumed under the constant schedule"; exit 1
 fi
 grep -q "schedule cosine, not constant" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
@@ -63,7 +64,7 @@ for name, lam in (("smooth-lora", "1.0"), ("baseline-lora", "0.0")):
     assert all(".processor.to_" in key and key.endswith(("_lora.down.weight", "_lora.up.weight")) for key in header), name
 header = header_of("cosine-r4")
 meta = header.pop("__metadata__")
-assert (meta["rank"], meta["schedule"], meta["steps"]) == ("4", "cosine", "3"), meta
+assert (meta["rank"], meta["schedule"], meta["steps"], meta["empty_caption_rate"]) == ("4", "cosine", "3", "0.25"), meta
 assert all(entry["shape"][0] == 4 for key, entry in header.items() if key.endswith("down.weight")), header
 for part in ("text_encoder", "vae_encoder", "vae_decoder"):
     assert (tmp / "merged" / part / "model.onnx").read_bytes() == (tmp / "model" / part / "model.onnx").read_bytes(), part

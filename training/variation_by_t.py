@@ -1,6 +1,6 @@
 """Where the Step-wise Variation Regularizer acts: v (lora.py's per-sample variation) by timestep band.
 
-    python3 training/variation_by_t.py --work DIR [ADAPTER.safetensors ...]
+    python3 training/variation_by_t.py --work DIR [ADAPTER.safetensors | CHECKPOINT.pt ...]
 
 For the base model (no adapter) and each adapter, v over the same 192 samples (six batches of 32
 drawn as lora.py draws them, at steps no training run reaches), as mean ± std per band of t. DIR
@@ -15,8 +15,8 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import torch  # noqa: E402
 
-from lora import (add_lora, base_models, denoise_with_variation, draw_batch, load_lora_state,  # noqa: E402
-                  read_safetensors, training_data)
+from lora import (RANK, TRAINED_DEFAULTS, add_lora, base_models, denoise_with_variation, draw_batch,  # noqa: E402
+                  load_lora_state, read_safetensors, training_data)
 from schedule import alphas_cumprod  # noqa: E402
 
 BANDS = [0, 50, 200, 400, 600, 800, 1000]
@@ -27,7 +27,11 @@ def variation(base: dict, data: tuple, adapter: Path | None) -> tuple[torch.Tens
     """(v, t) over the fixed samples of `data` (training_data), for the base model with the adapter
     applied (if any)."""
     unet, text_encoder = base_models(base)
-    if adapter is not None:
+    if adapter is not None and adapter.suffix == ".pt":  # a training checkpoint, of any --targets
+        ckpt = torch.load(adapter)
+        load_lora_state(add_lora(unet, ckpt.get("rank", RANK), ckpt.get("targets", TRAINED_DEFAULTS["targets"])),
+                        ckpt["lora"])
+    elif adapter is not None:
         state, meta = read_safetensors(adapter)
         load_lora_state(add_lora(unet, int(meta["rank"])), state)
     latents, ids, empty_ids = data
