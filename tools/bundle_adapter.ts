@@ -5,6 +5,7 @@
  *   models--org--name/snapshots/<commit>/<file>  (and README.md)
  * The commit id is the SHA-1 of the adapter's content (a stand-in: these repos are not on the Hub).
  * Earlier snapshots stay: a new file is a new commit of the same repo, still reachable by revision.
+ * (The card is not hashed: bundling the same file with a new card rewrites that commit's README.md.)
  *
  *   deno run -A tools/bundle_adapter.ts <file.safetensors> <org/name> [--name name-in-repo]
  *                                      [--card README.md] [--cache dir]

@@ -1,4 +1,4 @@
-"""LoRA on the tiny UNet's attention, with or without Step-wise Variation Regularization (Smooth Diffusion).
+"""LoRA on the tiny UNet (its attention, or every layer), with or without Step-wise Variation Regularization (Smooth Diffusion).
 
     python3 training/lora.py train  --work DIR --name smooth-lora   --lam 1 [--steps N] [--device cuda]
     python3 training/lora.py train  --work DIR --name baseline-lora --lam 0
@@ -45,7 +45,7 @@ from schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod
 from train import EMPTY_CAPTION_RATE, TOKENIZER_DIR, encode_latents, log, save_checkpoint
 
 RANK = 8
-TARGETS = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora"}
+ATTENTION_PROJECTIONS = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora"}
 EMA_RATE = 0.01
 
 
@@ -73,6 +73,8 @@ class LoRAConv(nn.Module):
 
     def __init__(self, base: nn.Conv2d, rank: int):
         super().__init__()
+        # delta() folds the pair into one kernel: exact for ungrouped, undilated, zero-padded convolutions.
+        assert base.groups == 1 and base.dilation == (1, 1) and base.padding_mode == "zeros", base
         self.base = base.requires_grad_(False)
         self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False)
         self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
@@ -87,7 +89,12 @@ class LoRAConv(nn.Module):
 
 
 LoRALayer = LoRALinear | LoRAConv
-TRAINED_DEFAULTS = {"schedule": "constant", "targets": "attention", "empty_rate": EMPTY_CAPTION_RATE}  # what checkpoints without the field used
+# What checkpoints saved before a setting was recorded were trained with.
+CHECKPOINT_DEFAULTS = {"rank": RANK, "schedule": "constant", "targets": "attention", "empty_caption_rate": EMPTY_CAPTION_RATE}
+
+
+def checkpoint_setting(ckpt: dict, name: str):
+    return ckpt.get(name, CHECKPOINT_DEFAULTS[name])
 TARGET_SETS = ("attention", "all")
 BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
 
@@ -104,7 +111,7 @@ def add_lora(unet: nn.Module, rank: int = RANK, targets: str = "attention") -> d
     for path, module in list(unet.named_modules()):
         if not isinstance(module, Attention):
             continue
-        for target, processor_name in TARGETS.items():
+        for target, processor_name in ATTENTION_PROJECTIONS.items():
             if target == "to_out.0":
                 module.to_out[0] = layer = LoRALinear(module.to_out[0], rank)
             else:
@@ -119,6 +126,13 @@ def add_lora(unet: nn.Module, rank: int = RANK, targets: str = "attention") -> d
     return layers
 
 
+def load_checkpoint_lora(unet: nn.Module, ckpt: dict) -> dict[str, LoRALayer]:
+    """Wraps the UNet's layers as the training checkpoint's run did and loads its LoRA weights."""
+    layers = add_lora(unet, checkpoint_setting(ckpt, "rank"), checkpoint_setting(ckpt, "targets"))
+    load_lora_state(layers, ckpt["lora"])
+    return layers
+
+
 def merge_lora(unet: nn.Module) -> None:
     """Folds every LoRA layer into its base weight and puts the base layer back in its place."""
     with torch.no_grad():
@@ -128,8 +142,8 @@ def merge_lora(unet: nn.Module) -> None:
             setattr(unet.get_submodule(parent), leaf, layer.base)
 
 
-def lora_state(layers: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
-    """The published Smooth-LoRA's legacy attention-processor keys."""
+def lora_state(layers: dict[str, LoRALayer]) -> dict[str, torch.Tensor]:
+    """Down and up weights under add_lora's keys (for the attention, the published Smooth-LoRA's)."""
     state = {}
     for prefix, layer in layers.items():
         state[f"{prefix}.down.weight"] = layer.down.weight.detach().float().cpu().contiguous()
@@ -137,7 +151,7 @@ def lora_state(layers: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_lora_state(layers: dict[str, LoRALinear], state: dict[str, torch.Tensor]) -> None:
+def load_lora_state(layers: dict[str, LoRALayer], state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for prefix, layer in layers.items():
             layer.down.weight.copy_(state[f"{prefix}.down.weight"])
@@ -239,12 +253,13 @@ def draw_batch(step: int, batch: int, latents, ids, empty_ids, empty_rate: float
     return latents[idx], tokens, t, eps, direction
 
 
-def start_from(init: Path, layers: dict[str, LoRALinear], rank: int, lam: float, batch: int,
+def start_from(init: Path, layers: dict[str, LoRALayer], rank: int, lam: float, batch: int,
                lr: float) -> tuple[int, dict]:
     """Loads a published adapter; returns (its step count, the record kept in the checkpoints)."""
     state, meta = read_safetensors(init)
     if int(meta["rank"]) != rank or set(state) != set(lora_state(layers)):
-        raise ValueError(f"{init}: not a rank-{rank} adapter of this UNet's attention")
+        raise ValueError(f"{init}: not a rank-{rank} adapter of exactly this run's layers "
+                         "(an exported adapter covers the attention: --init needs --targets attention)")
     for field, ours in (("lambda", lam), ("batch", batch), ("lr", lr)):
         if float(meta[field]) != ours:
             print(f"warning: {init} was trained with {field} {meta[field]}, this run uses {ours}")
@@ -279,11 +294,12 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
     step, elapsed, target, init_record = 0, 0.0, 0.0, None
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path)
+        for field, ours in (("rank", rank), ("schedule", schedule), ("targets", targets),
+                            ("empty_caption_rate", empty_rate)):
+            if checkpoint_setting(ckpt, field) != ours:
+                raise ValueError(f"{ckpt_path} was trained with {field} {checkpoint_setting(ckpt, field)}, not {ours}")
         load_lora_state(layers, ckpt["lora"]); opt.load_state_dict(ckpt["opt"])
         step, elapsed, target, init_record = ckpt["step"], ckpt["elapsed"], ckpt["target"], ckpt.get("init")
-        for field, ours in (("schedule", schedule), ("targets", targets), ("empty_rate", empty_rate)):
-            if ckpt.get(field, TRAINED_DEFAULTS[field]) != ours:
-                raise ValueError(f"{ckpt_path} was trained with {field} {ckpt.get(field, TRAINED_DEFAULTS[field])}, not {ours}")
         print(f"[{name}] resumed at step {step}")
     elif init is not None:
         step, init_record = start_from(init, layers, rank, lam, batch, lr)
@@ -312,7 +328,7 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
                                     "elapsed": time.time() - started, "target": target, "lam": lam,
                                     "batch": batch, "lr": lr, "device": device, "init": init_record,
                                     "rank": rank, "schedule": schedule, "targets": targets,
-                                    "empty_rate": empty_rate})
+                                    "empty_caption_rate": empty_rate})
 
     saved = step
     while step < steps and (deadline is None or time.monotonic() < deadline):
@@ -348,14 +364,14 @@ def train(work: Path, name: str, lam: float, steps: int, batch: int, lr: float, 
 
 def export(work: Path, name: str, out: Path) -> None:
     ckpt = torch.load(work / f"{name}.pt")
-    if ckpt.get("targets", "attention") != "attention":
+    if checkpoint_setting(ckpt, "targets") != "attention":
         raise SystemExit(f"{name}: trained on targets {ckpt['targets']}; the export writes the published Smooth-LoRA's "
                          "attention key set, which the server serves. Screen it with merge_lora.py instead.")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(out, ckpt["lora"], {
-        "format": "pt", "rank": str(ckpt.get("rank", RANK)), "lambda": str(ckpt["lam"]), "steps": str(ckpt["step"]),
-        "batch": str(ckpt["batch"]), "lr": str(ckpt["lr"]), "schedule": ckpt.get("schedule", "constant"), "seconds": f"{ckpt['elapsed']:.0f}",
-        "empty_caption_rate": str(ckpt.get("empty_rate", EMPTY_CAPTION_RATE)),
+        "format": "pt", "rank": str(checkpoint_setting(ckpt, "rank")), "lambda": str(ckpt["lam"]), "steps": str(ckpt["step"]),
+        "batch": str(ckpt["batch"]), "lr": str(ckpt["lr"]), "schedule": checkpoint_setting(ckpt, "schedule"), "seconds": f"{ckpt['elapsed']:.0f}",
+        "empty_caption_rate": str(checkpoint_setting(ckpt, "empty_caption_rate")),
         "device": ckpt["device"], "base": "tiny-sd-shapes",
         **({"init": json.dumps(ckpt["init"])} if ckpt.get("init") else {}),
     })

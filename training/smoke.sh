@@ -39,11 +39,22 @@ if (cd training && /usr/bin/python3 lora.py export --work "$tmp/work" --name wid
   echo "an adapter beyond the attention key set was exported"; exit 1
 fi
 grep -q "attention key set" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
+if (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name wide --lam 1 \
+  --steps 3 --batch 4 --count 64 --rank 2) > "$tmp/refused.log" 2>&1; then
+  echo "a wide run resumed as an attention-only one"; exit 1
+fi
+grep -q "targets all, not attention" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
+if (cd training && /usr/bin/python3 merge_lora.py --work "$tmp/work" --name wide --out "$tmp/model/unet" \
+  --model "$tmp/model") > "$tmp/refused.log" 2>&1; then
+  echo "merge_lora.py wrote into its source model"; exit 1
+fi
+grep -q "overlaps the source model" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
 (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 merge_lora.py --work "$tmp/work" --name wide \
   --out "$tmp/merged" --model "$tmp/model") > "$tmp/merged.log" 2>&1 || { cat "$tmp/merged.log"; exit 1; }
 # Where the regularizer acts: a row for the base and one per adapter, every band filled.
-bands=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 variation_by_t.py --work "$tmp/work" "$tmp/cosine-r4.safetensors")
-[ "$(grep -c '^| ' <<<"$bands")" = 3 ] && ! grep -q nan <<<"$bands" || { echo "variation_by_t.py: $bands"; exit 1; }
+bands=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 variation_by_t.py --work "$tmp/work" \
+  "$tmp/cosine-r4.safetensors" "$tmp/work/wide.pt")
+[ "$(grep -c '^| ' <<<"$bands")" = 4 ] && ! grep -q nan <<<"$bands" || { echo "variation_by_t.py: $bands"; exit 1; }
 /usr/bin/python3 - "$tmp" <<'PY'
 import json, sys
 from pathlib import Path
@@ -69,6 +80,8 @@ assert all(entry["shape"][0] == 4 for key, entry in header.items() if key.endswi
 for part in ("text_encoder", "vae_encoder", "vae_decoder"):
     assert (tmp / "merged" / part / "model.onnx").read_bytes() == (tmp / "model" / part / "model.onnx").read_bytes(), part
 assert (tmp / "merged" / "unet" / "model.onnx").read_bytes() != (tmp / "model" / "unet" / "model.onnx").read_bytes()
+merged = json.loads((tmp / "merged" / "merged_from.json").read_text())
+assert (merged["targets"], merged["steps"]) == ("all", 2) and not (tmp / "merged" / "README.md").exists(), merged
 print("ok loras")
 PY
 grep -E "^(ok|FAIL)" "$tmp/build.log"

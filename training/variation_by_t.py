@@ -15,7 +15,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import torch  # noqa: E402
 
-from lora import (RANK, TRAINED_DEFAULTS, add_lora, base_models, denoise_with_variation, draw_batch,  # noqa: E402
+from lora import (add_lora, base_models, denoise_with_variation, draw_batch, load_checkpoint_lora,  # noqa: E402
                   load_lora_state, read_safetensors, training_data)
 from schedule import alphas_cumprod  # noqa: E402
 
@@ -28,9 +28,7 @@ def variation(base: dict, data: tuple, adapter: Path | None) -> tuple[torch.Tens
     applied (if any)."""
     unet, text_encoder = base_models(base)
     if adapter is not None and adapter.suffix == ".pt":  # a training checkpoint, of any --targets
-        ckpt = torch.load(adapter)
-        load_lora_state(add_lora(unet, ckpt.get("rank", RANK), ckpt.get("targets", TRAINED_DEFAULTS["targets"])),
-                        ckpt["lora"])
+        load_checkpoint_lora(unet, torch.load(adapter))
     elif adapter is not None:
         state, meta = read_safetensors(adapter)
         load_lora_state(add_lora(unet, int(meta["rank"])), state)
