@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import struct
 import time
 from pathlib import Path
@@ -49,54 +48,51 @@ ATTENTION_PROJECTIONS = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v
 EMA_RATE = 0.01
 
 
-class LoRALinear(nn.Module):
-    """y = W x + up(down(x)); W frozen. Initialised as diffusers' LoRALinearLayer: down ~ N(0, 1/rank), up = 0."""
+class LoRABranch(nn.Module):
+    """y = base(x) + up(down(x)), base frozen. Initialised as diffusers' LoRA layers: down ~ N(0, 1/rank), up = 0."""
 
-    def __init__(self, base: nn.Linear, rank: int):
+    def __init__(self, base: nn.Module, down: nn.Module, up: nn.Module, rank: int):
         super().__init__()
-        self.base = base.requires_grad_(False)
-        self.down = nn.Linear(base.in_features, rank, bias=False)
-        self.up = nn.Linear(rank, base.out_features, bias=False)
+        self.base, self.down, self.up = base.requires_grad_(False), down, up
         nn.init.normal_(self.down.weight, std=1 / rank)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.up(self.down(x))
+
+
+class LoRALinear(LoRABranch):
+    def __init__(self, base: nn.Linear, rank: int):
+        super().__init__(base, nn.Linear(base.in_features, rank, bias=False),
+                         nn.Linear(rank, base.out_features, bias=False), rank)
 
     def delta(self) -> torch.Tensor:
         """The update to the base weight: W' = W + delta."""
         return self.up.weight @ self.down.weight
 
 
-class LoRAConv(nn.Module):
-    """y = conv(x) + up(down(x)): down a convolution like the base's to `rank` channels, up a 1x1; base frozen."""
+class LoRAConv(LoRABranch):
+    """down: a convolution like the base's, to `rank` channels; up: a 1x1."""
 
     def __init__(self, base: nn.Conv2d, rank: int):
-        super().__init__()
         # delta() folds the pair into one kernel: exact for ungrouped, undilated, zero-padded convolutions.
         assert base.groups == 1 and base.dilation == (1, 1) and base.padding_mode == "zeros", base
-        self.base = base.requires_grad_(False)
-        self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False)
-        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
-        nn.init.normal_(self.down.weight, std=1 / rank)
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.up(self.down(x))
+        super().__init__(base, nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False),
+                         nn.Conv2d(rank, base.out_channels, 1, bias=False), rank)
 
     def delta(self) -> torch.Tensor:
         return torch.einsum("or,rikl->oikl", self.up.weight[:, :, 0, 0], self.down.weight)
 
 
 LoRALayer = LoRALinear | LoRAConv
+TARGET_SETS = ("attention", "all")
+BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
 # What checkpoints saved before a setting was recorded were trained with.
 CHECKPOINT_DEFAULTS = {"rank": RANK, "schedule": "constant", "targets": "attention", "empty_caption_rate": EMPTY_CAPTION_RATE}
 
 
 def checkpoint_setting(ckpt: dict, name: str):
     return ckpt.get(name, CHECKPOINT_DEFAULTS[name])
-TARGET_SETS = ("attention", "all")
-BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
 
 
 def add_lora(unet: nn.Module, rank: int = RANK, targets: str = "attention") -> dict[str, LoRALayer]:
@@ -104,9 +100,11 @@ def add_lora(unet: nn.Module, rank: int = RANK, targets: str = "attention") -> d
     key set); with targets "all", also every other Linear and Conv2d of the down, mid and up blocks
     (feed-forwards, projections, resnets, samplers), keyed "<module path>.lora"."""
     unet.requires_grad_(False)
+    projections = {f"{path}.{target}" for path, module in unet.named_modules() if isinstance(module, Attention)
+                   for target in ATTENTION_PROJECTIONS}
     others = [(path, module) for path, module in unet.named_modules()
               if targets == "all" and path.startswith(BLOCKS) and isinstance(module, (nn.Linear, nn.Conv2d))
-              and not re.search(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$", path)]
+              and path not in projections]
     layers: dict[str, LoRALayer] = {}
     for path, module in list(unet.named_modules()):
         if not isinstance(module, Attention):
@@ -136,7 +134,7 @@ def load_checkpoint_lora(unet: nn.Module, ckpt: dict) -> dict[str, LoRALayer]:
 def merge_lora(unet: nn.Module) -> None:
     """Folds every LoRA layer into its base weight and puts the base layer back in its place."""
     with torch.no_grad():
-        for path, layer in [(p, m) for p, m in unet.named_modules() if isinstance(m, (LoRALinear, LoRAConv))]:
+        for path, layer in [(p, m) for p, m in unet.named_modules() if isinstance(m, LoRABranch)]:
             layer.base.weight += layer.delta()
             parent, _, leaf = path.rpartition(".")
             setattr(unet.get_submodule(parent), leaf, layer.base)

@@ -8,52 +8,45 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 WORK=$tmp/work OUT=$tmp/model FIXTURES=$tmp/fixtures VAE_STEPS=4 UNET_STEPS=4 COUNT=64 PAIRS=4 \
   training/build.sh > "$tmp/build.log" 2>&1 || { tail -n 40 "$tmp/build.log"; exit 1; }
+# A training tool run in training/ on the smoke test's work dir.
+tool() { (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 "$@"); }
+# refused WHAT MESSAGE COMMAND...: the command must fail, saying MESSAGE.
+refused() {
+  local what=$1 message=$2; shift 2
+  if "$@" > "$tmp/refused.log" 2>&1; then echo "$what was not refused"; exit 1; fi
+  grep -q "$message" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
+}
 # Resume: a second run of a finished stage starts from its checkpoint and adds nothing.
-resumed=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 train.py unet --work "$tmp/work" --steps 6 --count 64)
+resumed=$(tool train.py unet --work "$tmp/work" --steps 6 --count 64)
 grep -q "resumed at step 4" <<<"$resumed" || { echo "the UNet stage did not resume: $resumed"; exit 1; }
+lora() { tool lora.py "$1" --work "$tmp/work" "${@:2}"; }
+small=(--batch 4 --count 64)
 # Both LoRAs, a few steps each on the same batches, resumed, exported in the legacy processor format.
 for run in "smooth-lora 1" "baseline-lora 0"; do
   set -- $run
-  (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name "$1" --lam "$2" \
-    --steps 3 --batch 4 --count 64 && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py export --work "$tmp/work" \
-    --name "$1" --out "$tmp/$1.safetensors")
+  lora train --name "$1" --lam "$2" --steps 3 "${small[@]}" && lora export --name "$1" --out "$tmp/$1.safetensors"
 done
-resumed=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name smooth-lora --lam 1 --steps 4 --batch 4 --count 64)
+resumed=$(lora train --name smooth-lora --lam 1 --steps 4 "${small[@]}")
 grep -q "resumed at step 3" <<<"$resumed" || { echo "the LoRA run did not resume: $resumed"; exit 1; }
 # Another rank, the cosine schedule and another caption-dropout rate: recorded in the export; resuming
 # under another schedule is refused.
-(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name cosine-r4 --lam 1 \
-  --steps 3 --batch 4 --count 64 --rank 4 --schedule cosine --empty-caption-rate 0.25 && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py export \
-  --work "$tmp/work" --name cosine-r4 --out "$tmp/cosine-r4.safetensors")
-if (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name cosine-r4 --lam 1 \
-  --steps 4 --batch 4 --count 64 --rank 4 --empty-caption-rate 0.25) > "$tmp/refused.log" 2>&1; then
-  echo "a cosine run resumed under the constant schedule"; exit 1
-fi
-grep -q "schedule cosine, not constant" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
+cosine=(--name cosine-r4 --lam 1 --rank 4 --empty-caption-rate 0.25 "${small[@]}")
+lora train "${cosine[@]}" --steps 3 --schedule cosine && lora export --name cosine-r4 --out "$tmp/cosine-r4.safetensors"
+refused "a cosine run resumed under the constant schedule" "schedule cosine, not constant" \
+  lora train "${cosine[@]}" --steps 4
 # LoRA on every Linear and Conv2d of the UNet's blocks: the export refuses it (the server serves the
 # attention key set); merge_lora.py folds it into a model directory instead, checking the fold.
-(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name wide --lam 1 \
-  --steps 2 --batch 4 --count 64 --rank 2 --targets all)
-if (cd training && /usr/bin/python3 lora.py export --work "$tmp/work" --name wide --out "$tmp/wide.safetensors") \
-  > "$tmp/refused.log" 2>&1; then
-  echo "an adapter beyond the attention key set was exported"; exit 1
-fi
-grep -q "attention key set" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
-if (cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 lora.py train --work "$tmp/work" --name wide --lam 1 \
-  --steps 3 --batch 4 --count 64 --rank 2) > "$tmp/refused.log" 2>&1; then
-  echo "a wide run resumed as an attention-only one"; exit 1
-fi
-grep -q "targets all, not attention" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
-if (cd training && /usr/bin/python3 merge_lora.py --work "$tmp/work" --name wide --out "$tmp/model/unet" \
-  --model "$tmp/model") > "$tmp/refused.log" 2>&1; then
-  echo "merge_lora.py wrote into its source model"; exit 1
-fi
-grep -q "overlaps the source model" "$tmp/refused.log" || { cat "$tmp/refused.log"; exit 1; }
-(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 merge_lora.py --work "$tmp/work" --name wide \
-  --out "$tmp/merged" --model "$tmp/model") > "$tmp/merged.log" 2>&1 || { cat "$tmp/merged.log"; exit 1; }
+lora train --name wide --lam 1 --steps 2 --rank 2 --targets all "${small[@]}"
+refused "an adapter beyond the attention key set's export" "attention key set" \
+  lora export --name wide --out "$tmp/wide.safetensors"
+refused "a wide run resumed as an attention-only one" "targets all, not attention" \
+  lora train --name wide --lam 1 --steps 3 --rank 2 "${small[@]}"
+refused "a merge into its source model" "overlaps the source model" \
+  tool merge_lora.py --work "$tmp/work" --name wide --out "$tmp/model/unet" --model "$tmp/model"
+tool merge_lora.py --work "$tmp/work" --name wide --out "$tmp/merged" --model "$tmp/model" > "$tmp/merged.log" 2>&1 ||
+  { cat "$tmp/merged.log"; exit 1; }
 # Where the regularizer acts: a row for the base and one per adapter, every band filled.
-bands=$(cd training && OPENBLAS_NUM_THREADS=1 /usr/bin/python3 variation_by_t.py --work "$tmp/work" \
-  "$tmp/cosine-r4.safetensors" "$tmp/work/wide.pt")
+bands=$(tool variation_by_t.py --work "$tmp/work" "$tmp/cosine-r4.safetensors" "$tmp/work/wide.pt")
 [ "$(grep -c '^| ' <<<"$bands")" = 4 ] && ! grep -q nan <<<"$bands" || { echo "variation_by_t.py: $bands"; exit 1; }
 /usr/bin/python3 - "$tmp" <<'PY'
 import json, sys
