@@ -59,7 +59,9 @@ Deno.test("jobs: DELETE cancels a running job (its steps stop) and forgets a fin
     const calls = engine.state.batches.unet.calls;
     await new Promise((r) => setTimeout(r, 300));
     assertEquals(engine.state.batches.unet.calls, calls, "no steps after the cancel");
-    assert(calls < 100, `${calls} steps ran`);
+    // Stopped early, not at a timed bound: how many steps slip in before the cancel lands depends on the
+    // machine's load (CI once saw 106 of the 1000).
+    assert(calls < 1000, `${calls} steps ran: the cancelled job ran to its end`);
     const after = await fetch(`${url}${location}`);
     assertEquals([after.status, (await after.json()).status], [200, "cancelled"]);
     assertEquals((await fetch(`${url}${location}`, { method: "DELETE" })).status, 204);
